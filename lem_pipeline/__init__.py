@@ -1,0 +1,1 @@
+"""lem_pipeline: the Dagster code location of the LEM project (assets, resources, checks, schedules)."""

@@ -1,0 +1,190 @@
+"""Ingest: raw Binance klines (symbol x month) and Yahoo daily bars (ticker), validated on the way in.
+
+Each partition is one Parquet file in the data lake. Validation runs inside the asset as a
+blocking check (the frame is already in memory), so a partition that fails it stops everything
+downstream and the check's metadata names the failing rows.
+"""
+
+
+from datetime import date, datetime, timedelta, timezone
+
+import dagster as dg
+from dagster import AssetExecutionContext
+import polars as pl
+
+from lem_pipeline.presets import Preset
+from lem_pipeline.resources import BinanceSource, DataLake, YahooSource, write_parquet_atomic
+from lem_pipeline.schemas import DailyBars, KlineBars, describe_failures, table_schema, validate
+from lem_pipeline.sources.binance import MonthFiles, interval_seconds, read_month
+from lem_pipeline.tables import markdown_table
+
+VALID_CHECK = "valid_bars"
+GAPS_CHECK = "no_gaps"
+_FAILURE_ROWS_IN_METADATA = 50
+
+
+def klines_partitions(preset: Preset) -> dg.MultiPartitionsDefinition:
+    last = preset.crypto_last_month
+    months = dg.MonthlyPartitionsDefinition(
+        start_date=preset.crypto_first_month.strftime("%Y-%m-%d"),
+        end_date=(_next_month(last).strftime("%Y-%m-%d") if last else None),
+    )
+    symbols = dg.StaticPartitionsDefinition([s.symbol for s in preset.streams] or ["NONE"])
+    return dg.MultiPartitionsDefinition({"symbol": symbols, "month": months})
+
+
+def ticker_partitions(preset: Preset) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(preset.tickers) or ["NONE"])
+
+
+def _next_month(d: date) -> date:
+    return date(d.year + d.month // 12, d.month % 12 + 1, 1)
+
+
+def _check_results(model, df: pl.DataFrame, gaps: dict, what: str) -> tuple[list[dg.AssetCheckResult], str | None]:
+    failures = validate(model, df)
+    if failures is None:
+        valid = dg.AssetCheckResult(check_name=VALID_CHECK, passed=True, metadata={"rows": len(df)})
+        error = None
+    else:
+        shown = failures.head(_FAILURE_ROWS_IN_METADATA)
+        error = f"{what}: {len(failures)} failing (check, row) pairs\n{describe_failures(failures)}"
+        valid = dg.AssetCheckResult(
+            check_name=VALID_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=error[:2000],
+            metadata={
+                "failures": len(failures),
+                "failing_rows": dg.MetadataValue.md(markdown_table(shown)),
+                "first_failing_row": int(failures["index"][0]) if failures["index"][0] is not None else -1,
+            },
+        )
+    gap = dg.AssetCheckResult(
+        check_name=GAPS_CHECK,
+        passed=gaps["missing_bars"] == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={k: v for k, v in gaps.items() if k != "gap_list"}
+        | {"largest_gaps": dg.MetadataValue.md(gaps["gap_list"])},
+    )
+    return [valid, gap], error
+
+
+def _kline_gaps(df: pl.DataFrame, step_s: int) -> dict:
+    if len(df) < 2:
+        return {"missing_bars": 0, "gaps": 0, "gap_list": "none"}
+    step = pl.col("open_time").diff().dt.total_seconds()
+    gaps = df.select(pl.col("open_time").shift(1).alias("after"), (step // step_s - 1).alias("missing")).filter(
+        pl.col("missing") > 0)
+    listing = "none" if gaps.is_empty() else markdown_table(gaps.sort("missing", descending=True).head(10))
+    return {"missing_bars": int(gaps["missing"].sum() or 0), "gaps": len(gaps), "gap_list": listing}
+
+
+def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
+    kparts = klines_partitions(preset)
+    tparts = ticker_partitions(preset)
+
+    @dg.asset(
+        partitions_def=kparts,
+        group_name="ingest",
+        kinds={"polars", "parquet"},
+        check_specs=[
+            dg.AssetCheckSpec(VALID_CHECK, asset="binance_klines", blocking=True,
+                              description="pandera KlineBars: prices, OHLC order, volumes, time order, VWAP in range"),
+            dg.AssetCheckSpec(GAPS_CHECK, asset="binance_klines", description="missing candles inside the month"),
+        ],
+        description="Binance Data Vision klines, one Parquet per symbol and month, checksum-verified.",
+    )
+    def binance_klines(context: AssetExecutionContext, lake: DataLake, binance: BinanceSource):
+        keys = context.partition_key.keys_by_dimension
+        stream = preset.stream(keys["symbol"])
+        month = datetime.strptime(keys["month"], "%Y-%m-%d").date()
+        client = binance.client(lake.archive_dir())
+        files: MonthFiles = client.fetch_month(stream, month)
+        for r in files.results:
+            context.log.info(f"{r.status}: {r.url}")
+        df = read_month(files.paths).with_columns(pl.lit(stream.symbol).alias("symbol"))
+        df = df.select("symbol", *[c for c in df.columns if c != "symbol"])
+        if not files.listed:
+            context.log.warning(f"{stream.symbol} {month:%Y-%m}: not listed at {binance.base_url} (404); recorded, empty partition")
+        out = lake.klines_file(stream, month)
+        gaps = _kline_gaps(df, interval_seconds(stream.interval))
+        sources = ", ".join(r.url for r in files.results)
+        checks, error = _check_results(KlineBars, df, gaps, f"{stream.symbol} {month:%Y-%m} ({sources})")
+        if error:
+            context.log.error(error)
+        else:
+            write_parquet_atomic(df, out)
+        step = timedelta(seconds=interval_seconds(stream.interval))
+        month_end = datetime.combine(_next_month(month), datetime.min.time(), timezone.utc)
+        month_start = datetime.combine(month, datetime.min.time(), timezone.utc)
+        expected = int((month_end - month_start) / step)
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(out)),
+                "rows": len(df),
+                "listed": files.listed,
+                "market": stream.market,
+                "interval": stream.interval,
+                "first_open_time": str(df["open_time"].min()) if len(df) else "",
+                "last_open_time": str(df["open_time"].max()) if len(df) else "",
+                "missing_bars": gaps["missing_bars"],
+                "expected_bars_in_month": expected,
+                "source_urls": dg.MetadataValue.json([r.url for r in files.results]),
+                "sha256": dg.MetadataValue.json({r.url: r.sha256 for r in files.results if r.sha256}),
+                "not_listed": dg.MetadataValue.json(files.not_listed),
+                "dagster/column_schema": table_schema(KlineBars),
+                "dagster/row_count": len(df),
+            },
+            check_results=checks,
+        )
+
+    @dg.asset(
+        partitions_def=tparts,
+        group_name="ingest",
+        kinds={"polars", "parquet"},
+        check_specs=[
+            dg.AssetCheckSpec(VALID_CHECK, asset="yahoo_daily_bars", blocking=True,
+                              description="pandera DailyBars: prices, OHLC order, volumes, date order, VWAP proxy in range"),
+            dg.AssetCheckSpec(GAPS_CHECK, asset="yahoo_daily_bars", description="weekdays without a bar (holidays included)"),
+        ],
+        description="Yahoo daily bars with Adj Close and quote_volume = volume x adj_close, one Parquet per ticker.",
+    )
+    def yahoo_daily_bars(context: AssetExecutionContext, lake: DataLake, yahoo: YahooSource):
+        ticker = context.partition_key
+        source = yahoo.source()
+        df = source.load(ticker, preset.equity_start, preset.equity_end).with_columns(pl.lit(ticker).alias("ticker"))
+        df = df.select("ticker", *[c for c in df.columns if c != "ticker"])
+        gaps = _weekday_gaps(df)
+        checks, error = _check_results(DailyBars, df, gaps, f"{ticker} ({source.describe(ticker)})")
+        out = lake.daily_file(ticker)
+        if error:
+            context.log.error(error)
+        else:
+            write_parquet_atomic(df, out)
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(out)),
+                "rows": len(df),
+                "first_date": str(df["date"].min()) if len(df) else "",
+                "last_date": str(df["date"].max()) if len(df) else "",
+                "missing_bars": gaps["missing_bars"],
+                "source": source.describe(ticker),
+                "dagster/column_schema": table_schema(DailyBars),
+                "dagster/row_count": len(df),
+            },
+            check_results=checks,
+        )
+
+    return [binance_klines, yahoo_daily_bars]
+
+
+def _weekday_gaps(df: pl.DataFrame) -> dict:
+    """Weekdays with no bar between the first and last date: exchange holidays and real holes."""
+    if len(df) < 2:
+        return {"missing_bars": 0, "gaps": 0, "gap_list": "none"}
+    all_days = pl.date_range(df["date"].min(), df["date"].max(), "1d", eager=True).alias("date")
+    weekdays = all_days.filter(all_days.dt.weekday() <= 5)
+    missing = weekdays.to_frame().join(df.select("date"), on="date", how="anti")
+    listing = "none" if missing.is_empty() else markdown_table(missing.head(10))
+    return {"missing_bars": len(missing), "gaps": len(missing), "gap_list": listing}

@@ -1,0 +1,87 @@
+"""Named universes: which symbols, markets, intervals, tickers and dates a deployment covers.
+
+A preset is picked by ``LEM_PRESET`` (default ``demo``) when the code location loads, because
+partitions are part of the asset definitions; nothing else has to be edited to switch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+
+from lem_pipeline.sources.binance import KlineStream
+
+DOW_30 = ("AMZN", "CVX", "UNH", "AMGN", "VZ", "AAPL", "AXP", "GS", "SHW", "JNJ", "MCD", "CSCO", "IBM", "WMT",
+          "PG", "NKE", "TRV", "HON", "MMM", "MSFT", "JPM", "HD", "KO", "DIS", "BA", "CAT", "NVDA", "MRK", "CRM", "V")
+PAPER_CRYPTO_PAIRS = ("ETHBTC", "BNBBTC", "BTCUSDT", "ETHUSDT", "LTCBTC", "BNBUSDT", "XRPBTC", "LTCUSDT",
+                      "XRPUSDT", "ADAUSDT", "ADABTC", "LINKBTC", "TRXUSDT", "NEOUSDT", "XLMUSDT", "EOSUSDT",
+                      "ETCUSDT", "VETUSDT", "ONTUSDT", "IOTAUSDT")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    streams: tuple[KlineStream, ...]
+    crypto_first_month: date
+    crypto_last_month: date | None  # None: up to the current month (what the monthly refresh extends)
+    tickers: tuple[str, ...]
+    equity_start: date
+    equity_end: date
+
+    def stream(self, symbol: str) -> KlineStream:
+        for s in self.streams:
+            if s.symbol == symbol:
+                return s
+        raise KeyError(f"symbol {symbol!r} is not in preset {self.name!r}: {[s.symbol for s in self.streams]}")
+
+    def __post_init__(self) -> None:
+        symbols = [s.symbol for s in self.streams]
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"preset {self.name!r}: a symbol may appear once (it is a partition key): {symbols}")
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="demo",
+            description="Two spot pairs of 1h candles over two years and four Dow stocks: minutes on a laptop CPU.",
+            streams=(KlineStream("BTCUSDT", "spot", "1h"), KlineStream("ETHUSDT", "spot", "1h")),
+            crypto_first_month=date(2020, 1, 1),
+            crypto_last_month=date(2021, 12, 1),
+            tickers=("AAPL", "MSFT", "JPM", "KO"),
+            equity_start=date(2000, 1, 3),
+            equity_end=date(2024, 12, 31),
+        ),
+        Preset(
+            name="paper_crypto",
+            description="The paper's 20 Binance spot pairs, 1m candles, 2017-08 to 2024-12 (needs a GPU to train).",
+            streams=tuple(KlineStream(s, "spot", "1m") for s in PAPER_CRYPTO_PAIRS),
+            crypto_first_month=date(2017, 8, 1),
+            crypto_last_month=date(2024, 12, 1),
+            tickers=(),
+            equity_start=date(2000, 1, 3),
+            equity_end=date(2024, 12, 31),
+        ),
+        Preset(
+            name="paper_dow",
+            description="The paper's 30 Dow Jones stocks, daily, 2000-01-03 to 2024-12-31 (needs a GPU to train).",
+            streams=(),
+            crypto_first_month=date(2017, 8, 1),
+            crypto_last_month=date(2017, 8, 1),
+            tickers=DOW_30,
+            equity_start=date(2000, 1, 3),
+            equity_end=date(2024, 12, 31),
+        ),
+    )
+}
+
+
+def get_preset(name: str | None = None) -> Preset:
+    name = name or os.environ.get("LEM_PRESET", "demo")
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} (LEM_PRESET)") from None

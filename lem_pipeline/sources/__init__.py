@@ -1,0 +1,1 @@
+"""Market data sources: fetch and parse, no Dagster inside."""

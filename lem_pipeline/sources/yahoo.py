@@ -1,0 +1,131 @@
+"""Yahoo Finance daily bars: live through ``yfinance``, or offline from Yahoo-layout CSVs.
+
+Both paths return the same columns so everything downstream is indifferent to the source.
+``quote_volume = volume * adj_close`` is the paper's proxy for traded notional (Yahoo has no
+notional field).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+DAILY_COLUMNS = ["date", "open", "high", "low", "close", "adj_close", "volume", "quote_volume"]
+_CSV_NAMES = {"Date": "date", "Open": "open", "High": "high", "Low": "low", "Close": "close",
+              "Adj Close": "adj_close", "Volume": "volume"}
+
+
+class YahooSourceError(RuntimeError):
+    """A ticker that could not be loaded; the message names the ticker and the source."""
+
+
+class DailyBarSource(Protocol):
+    def load(self, ticker: str, start: date, end: date) -> pl.DataFrame: ...
+
+    def describe(self, ticker: str) -> str: ...
+
+
+def _finish(df: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
+    """Common tail of both sources: types, date filter (end inclusive), notional proxy, order."""
+    return (
+        df.with_columns(
+            pl.col("date").cast(pl.Date),
+            *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "adj_close", "volume")],
+        )
+        .filter(pl.col("date").is_between(start, end, closed="both"))
+        .drop_nulls(["open", "high", "low", "close", "adj_close", "volume"])
+        .with_columns((pl.col("volume") * pl.col("adj_close")).alias("quote_volume"))
+        .select(DAILY_COLUMNS)
+        .sort("date")
+    )
+
+
+class CsvDirectorySource:
+    """Offline source: ``{directory}/{TICKER}.csv`` in Yahoo's download layout."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def describe(self, ticker: str) -> str:
+        return str(self.directory / f"{ticker}.csv")
+
+    def load(self, ticker: str, start: date, end: date) -> pl.DataFrame:
+        path = self.directory / f"{ticker}.csv"
+        if not path.is_file():
+            raise YahooSourceError(f"{ticker}: no file {path} in the offline Yahoo directory")
+        try:
+            raw = pl.read_csv(path, try_parse_dates=True, null_values=["null", "NaN", ""])
+        except pl.exceptions.PolarsError as e:
+            raise YahooSourceError(f"{ticker}: cannot parse {path}: {e}") from e
+        missing = set(_CSV_NAMES) - set(raw.columns)
+        if missing:
+            raise YahooSourceError(f"{ticker}: {path} lacks the columns {sorted(missing)}")
+        return _finish(raw.rename(_CSV_NAMES).select(list(_CSV_NAMES.values())), start, end)
+
+
+class YFinanceSource:
+    """Live source through ``yfinance.download`` (``auto_adjust=False`` keeps ``Adj Close``).
+
+    yfinance reports failures by logging and returning an empty frame, so an empty answer is
+    retried and then raised as an error naming the ticker.
+    """
+
+    def __init__(self, max_retries: int = 3, backoff: float = 2.0, timeout: float = 30.0) -> None:
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = timeout
+
+    def describe(self, ticker: str) -> str:
+        return f"yfinance:{ticker}"
+
+    def load(self, ticker: str, start: date, end: date) -> pl.DataFrame:
+        import yfinance as yf
+
+        last_error: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                frame = yf.download(
+                    ticker,
+                    start=start.isoformat(),
+                    end=(end + timedelta(days=1)).isoformat(),  # yfinance's end is exclusive
+                    interval="1d",
+                    auto_adjust=False,
+                    actions=False,
+                    progress=False,
+                    threads=False,
+                    multi_level_index=True,
+                    timeout=self.timeout,
+                )
+            except Exception as e:  # yfinance raises many kinds on network trouble
+                last_error = e
+                continue
+            if frame is None or len(frame) == 0:
+                last_error = YahooSourceError(f"{ticker}: yfinance returned no rows")
+                continue
+            return _finish(from_yfinance_frame(frame, ticker), start, end)
+        raise YahooSourceError(f"{ticker}: yfinance download failed after {self.max_retries + 1} attempts: {last_error}")
+
+
+def from_yfinance_frame(frame: Any, ticker: str) -> pl.DataFrame:
+    """Flatten yfinance's pandas frame (DatetimeIndex 'Date'; columns either flat or a
+    (Price, Ticker) MultiIndex) into our column names."""
+    columns = frame.columns
+    if getattr(columns, "nlevels", 1) > 1:
+        level = list(columns.names).index("Ticker") if "Ticker" in columns.names else 1
+        frame = frame.xs(ticker, axis=1, level=level)
+    missing = set(_CSV_NAMES) - {"Date"} - set(frame.columns)
+    if missing:
+        raise YahooSourceError(f"{ticker}: yfinance frame lacks {sorted(missing)} (is auto_adjust off?)")
+    pdf = frame.reset_index()
+    date_col = pdf.columns[0]
+    out = pl.from_pandas(pdf[[date_col, *[c for c in _CSV_NAMES if c != "Date"]]])
+    return out.rename({date_col: "date", **{k: v for k, v in _CSV_NAMES.items() if k != "Date"}})

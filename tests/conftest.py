@@ -1,0 +1,107 @@
+"""Shared fixtures: the real market data in ../shared/data, served by a real HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+BINANCE_MIRROR = SHARED_DATA / "binance"
+YAHOO_DIR = SHARED_DATA / "yahoo"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not BINANCE_MIRROR.is_dir() or not YAHOO_DIR.is_dir():
+        raise pytest.UsageError(f"the real market data is missing: expected {SHARED_DATA} (see DEVELOPERS.md)")
+
+
+@dataclass
+class MirrorServer:
+    """A static HTTP server on 127.0.0.1 over a Data Vision tree, with scripted faults.
+
+    ``faults[path]`` is a list consumed one per request to that path: ``"stall"`` (sleep past the
+    client's read timeout before answering), ``"cut"`` (announce the full length, send half),
+    or an HTTP status code to answer instead of the file.
+    """
+
+    root: Path
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+    faults: dict[str, list] = field(default_factory=dict)
+    stall_seconds: float = 1.5
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, suffix: str = ".zip") -> int:
+        return sum(1 for r in self.requests if r.endswith(suffix))
+
+
+def _handler(server: MirrorServer):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(server.root), **kw)
+
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            server.requests.append(path)
+            pending = server.faults.get(path)
+            fault = pending.pop(0) if pending else None
+            if fault == "stall":
+                time.sleep(server.stall_seconds)
+            elif isinstance(fault, int):
+                self.send_error(fault)
+                return
+            elif fault == "cut":
+                body = (server.root / path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            super().do_GET()
+
+    return Handler
+
+
+def serve(root: Path) -> Iterator[MirrorServer]:
+    state = MirrorServer(root=root)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def mirror() -> Iterator[MirrorServer]:
+    """The real Binance mirror tree in ../shared/data/binance, over HTTP on loopback."""
+    yield from serve(BINANCE_MIRROR)
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real Dagster instance (SQLite storage) in a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home

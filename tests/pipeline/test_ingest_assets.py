@@ -1,0 +1,165 @@
+"""binance_klines and yahoo_daily_bars materialised through a real Dagster instance."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from lem_pipeline.definitions import build_definitions
+from lem_pipeline.presets import Preset
+from lem_pipeline.resources import BinanceSource, DataLake, YahooSource
+from lem_pipeline.runner import run_partitions
+from lem_pipeline.sources.binance import KlineStream
+from tests.conftest import BINANCE_MIRROR, YAHOO_DIR, serve
+
+BTC = KlineStream("BTCUSDT", "spot", "1h")
+ALGO = KlineStream("ALGOUSDT", "um", "1m")
+ADA = KlineStream("ADAUSDT", "spot", "1h")
+PRESET = Preset(name="test", description="test universe", streams=(BTC, ALGO, ADA),
+                crypto_first_month=date(2019, 1, 1), crypto_last_month=date(2024, 2, 1),
+                tickers=("AAPL", "KO"), equity_start=date(2000, 1, 3), equity_end=date(2024, 12, 31))
+
+
+def key(symbol: str, month: str) -> str:
+    return str(dg.MultiPartitionKey({"symbol": symbol, "month": f"{month}-01"}))
+
+
+def make_defs(url: str, tmp_path: Path) -> dg.Definitions:
+    return build_definitions(PRESET, resources={
+        "lake": DataLake(root=str(tmp_path / "lake")),
+        "binance": BinanceSource(base_url=url, backoff=0.01),
+        "yahoo": YahooSource(csv_dir=str(YAHOO_DIR)),
+    })
+
+
+def source_lines(stream: KlineStream, month: str) -> list[str]:
+    path = BINANCE_MIRROR / stream.monthly_path(datetime.strptime(month, "%Y-%m").date())
+    with zipfile.ZipFile(path) as zf:
+        lines = zf.read(zf.namelist()[0]).decode().splitlines()
+    return [ln for ln in lines if ln[:1].isdigit()]
+
+
+def ms(line: str) -> datetime:
+    return datetime.fromtimestamp(int(line.split(",")[0]) / 1000, tz=timezone.utc)
+
+
+def materialization(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    return records[0].asset_materialization.metadata
+
+
+def test_real_months_through_dagster(mirror, dagster_home, tmp_path):
+    defs = make_defs(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    assert str(dagster_home) in instance.root_directory
+    wanted = [(BTC, "2020-01"), (BTC, "2020-02"), (BTC, "2020-03"), (ALGO, "2024-02")]
+    summary = run_partitions(defs, "crypto_ingest_job", instance, [key(s.symbol, m) for s, m in wanted], progress=False)
+    assert summary.failed == {} and len(summary.succeeded) == 4
+    lake = DataLake(root=str(tmp_path / "lake"))
+    for stream, month in wanted:
+        lines = source_lines(stream, month)
+        df = pl.read_parquet(lake.klines_file(stream, datetime.strptime(month, "%Y-%m").date()))
+        assert len(df) == len(lines)
+        assert df["open_time"][0] == ms(lines[0]) and df["open_time"][-1] == ms(lines[-1])
+        assert df["symbol"].unique().to_list() == [stream.symbol]
+        meta = materialization(instance, "binance_klines", key(stream.symbol, month))
+        assert meta["rows"].value == len(lines)
+        assert meta["first_open_time"].value == str(ms(lines[0]))
+        assert meta["sha256"].value  # verified against the CHECKSUM
+        assert "dagster/column_schema" in meta
+    # February 2020 has 29 days of 24 hours; the ALGO futures month 29 days of 1440 minutes.
+    assert len(source_lines(BTC, "2020-02")) == 696 and len(source_lines(ALGO, "2024-02")) == 41760
+
+
+def test_not_listed_month_succeeds_and_is_recorded(mirror, dagster_home, tmp_path):
+    defs = make_defs(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    summary = run_partitions(defs, "crypto_ingest_job", instance, [key("ADAUSDT", "2019-01")], progress=False)
+    assert summary.failed == {}
+    meta = materialization(instance, "binance_klines", key("ADAUSDT", "2019-01"))
+    assert meta["rows"].value == 0 and meta["listed"].value is False
+    assert meta["not_listed"].value == [f"{mirror.url}/{ADA.monthly_path(date(2019, 1, 1))}"]
+
+
+def test_second_materialisation_downloads_nothing(mirror, dagster_home, tmp_path):
+    defs = make_defs(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    keys = [key("BTCUSDT", "2020-01"), key("BTCUSDT", "2020-02")]
+    assert run_partitions(defs, "crypto_ingest_job", instance, keys, progress=False).failed == {}
+    first_zips = mirror.count(".zip")
+    assert first_zips == 2
+    requests_before = len(mirror.requests)
+    assert run_partitions(defs, "crypto_ingest_job", instance, keys, progress=False).failed == {}
+    assert len(mirror.requests) == requests_before
+
+
+@pytest.fixture
+def bad_month(tmp_path):
+    """A real BTCUSDT month with a negative volume in row 5 and row 11 repeating row 10's time."""
+    rel = BTC.monthly_path(date(2020, 1, 1))
+    lines = source_lines(BTC, "2020-01")
+    f = lines[5].split(",")
+    f[5] = "-3.5"
+    lines[5] = ",".join(f)
+    g = lines[11].split(",")
+    g[0] = lines[10].split(",")[0]
+    lines[11] = ",".join(g)
+    root = tmp_path / "bad"
+    (root / rel).parent.mkdir(parents=True)
+    with zipfile.ZipFile(root / rel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("BTCUSDT-1h-2020-01.csv", "\n".join(lines) + "\n")
+    yield from serve(root)
+
+
+def test_bad_rows_fail_the_blocking_check_and_name_the_rows(bad_month, dagster_home, tmp_path):
+    defs = make_defs(bad_month.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    k = key("BTCUSDT", "2020-01")
+    summary = run_partitions(defs, "crypto_ingest_job", instance, [k], progress=False)
+    assert "blocking asset check failed" in summary.failed[k] and "valid_bars" in summary.failed[k]
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("binance_klines"), "valid_bars")])[
+        dg.AssetCheckKey(dg.AssetKey("binance_klines"), "valid_bars")]
+    evaluation = check.event.dagster_event.event_specific_data
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    table = evaluation.metadata["failing_rows"].value
+    assert "volume" in table and "-3.5" in table
+    assert "2020-01-01 10:00:00" in table  # the duplicated time, named by its row's key
+    assert evaluation.metadata["first_failing_row"].value == 5
+    assert "row 5 (symbol=BTCUSDT, open_time=2020-01-01 05:00:00+00:00)" in evaluation.description
+    assert not DataLake(root=str(tmp_path / "lake")).klines_file(BTC, date(2020, 1, 1)).exists()
+
+
+def test_truncated_zip_fails_the_run_with_the_url_and_writes_no_parquet(tmp_path, dagster_home):
+    rel = BTC.monthly_path(date(2020, 1, 1))
+    root = tmp_path / "trunc"
+    (root / rel).parent.mkdir(parents=True)
+    shutil.copyfile(BINANCE_MIRROR / rel, root / rel)
+    (root / rel).write_bytes((root / rel).read_bytes()[:5000])
+    for server in serve(root):
+        defs = make_defs(server.url, tmp_path)
+        summary = run_partitions(defs, "crypto_ingest_job", dg.DagsterInstance.get(), [key("BTCUSDT", "2020-01")],
+                                 progress=False)
+        (message,) = summary.failed.values()
+        assert message == (f"lem_pipeline.sources.binance.DataVisionError: {server.url}/{rel}: not a valid zip archive "
+                           "(File is not a zip file); the download is truncated or corrupt, refused")
+    assert not DataLake(root=str(tmp_path / "lake")).klines_file(BTC, date(2020, 1, 1)).exists()
+
+
+def test_yahoo_partitions_through_dagster(dagster_home, tmp_path):
+    defs = make_defs("http://127.0.0.1:9", tmp_path)
+    instance = dg.DagsterInstance.get()
+    assert run_partitions(defs, "equity_ingest_job", instance, ["AAPL", "KO"], progress=False).failed == {}
+    aapl = pl.read_parquet(DataLake(root=str(tmp_path / "lake")).daily_file("AAPL"))
+    raw = pl.read_csv(YAHOO_DIR / "AAPL.csv")
+    assert len(aapl) == len(raw)
+    assert str(aapl["date"][0]) == raw["Date"][0] and str(aapl["date"][-1]) == raw["Date"][-1] == "2024-03-08"
+    meta = materialization(instance, "yahoo_daily_bars", "KO")
+    assert meta["rows"].value == len(pl.read_csv(YAHOO_DIR / "KO.csv"))

@@ -1,0 +1,81 @@
+"""Yahoo sources: the offline CSV folder, and the yfinance adapter fed yfinance's exact frame shape."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from lem_pipeline.presets import DOW_30
+from lem_pipeline.schemas import DailyBars, validate
+from lem_pipeline.sources import yahoo
+from lem_pipeline.sources.yahoo import DAILY_COLUMNS, CsvDirectorySource, YahooSourceError, YFinanceSource
+from tests.conftest import YAHOO_DIR
+
+START, END = date(2000, 1, 3), date(2024, 12, 31)
+
+
+def test_offline_source_loads_all_30_dow_tickers():
+    src = CsvDirectorySource(YAHOO_DIR)
+    total = 0
+    for ticker in DOW_30:
+        df = src.load(ticker, START, END)
+        assert df.columns == DAILY_COLUMNS
+        assert validate(DailyBars, df.with_columns(pl.lit(ticker).alias("ticker")).select("ticker", *DAILY_COLUMNS)) is None
+        assert (df["quote_volume"] == df["volume"] * df["adj_close"]).all()
+        total += len(df)
+    assert total == 179_335  # every row of the 30 files (shared/data/README.md)
+    assert str(src.load("CRM", START, END)["date"][0]) == "2004-06-23"
+    assert str(src.load("V", START, END)["date"][0]) == "2008-03-19"
+
+
+def test_offline_source_names_a_missing_ticker():
+    with pytest.raises(YahooSourceError, match=r"ZZZZ: no file .*ZZZZ\.csv"):
+        CsvDirectorySource(YAHOO_DIR).load("ZZZZ", START, END)
+
+
+def _yfinance_frame(tickers: list[str], start: date, end: date) -> pd.DataFrame:
+    """What yfinance 1.7 ``download(..., auto_adjust=False, multi_level_index=True)`` returns: a
+    DatetimeIndex named 'Date' and (Price, Ticker) MultiIndex columns sorted by Price."""
+    parts = {}
+    for t in tickers:
+        raw = pd.read_csv(YAHOO_DIR / f"{t}.csv", parse_dates=["Date"]).set_index("Date")
+        raw = raw.loc[(raw.index >= pd.Timestamp(start)) & (raw.index < pd.Timestamp(end))]
+        parts[t] = raw
+    data = pd.concat(parts.values(), axis=1, sort=True, keys=parts.keys(), names=["Ticker", "Price"])
+    data.columns = data.columns.swaplevel(0, 1)
+    data.sort_index(level=0, axis=1, inplace=True)
+    return data
+
+
+def test_yfinance_adapter_matches_offline_source(monkeypatch):
+    calls = []
+
+    def fake_download(tickers, start=None, end=None, auto_adjust=True, **kw):
+        calls.append(dict(tickers=tickers, start=start, end=end, auto_adjust=auto_adjust, **kw))
+        return _yfinance_frame([tickers], date.fromisoformat(start), date.fromisoformat(end))
+
+    monkeypatch.setattr("yfinance.download", fake_download)
+    got = YFinanceSource(backoff=0).load("MSFT", date(2010, 1, 4), date(2020, 12, 31))
+    want = CsvDirectorySource(YAHOO_DIR).load("MSFT", date(2010, 1, 4), date(2020, 12, 31))
+    assert_frame_equal(got, want)
+    assert calls[0]["auto_adjust"] is False and calls[0]["end"] == "2021-01-01"  # end made inclusive
+
+
+def test_yfinance_adapter_retries_empty_answers_then_names_the_ticker(monkeypatch):
+    answers = [pd.DataFrame(), _yfinance_frame(["KO"], date(2020, 1, 1), date(2020, 2, 1))]
+    monkeypatch.setattr("yfinance.download", lambda *a, **k: answers.pop(0))
+    assert len(YFinanceSource(backoff=0).load("KO", date(2020, 1, 1), date(2020, 1, 31))) == 21
+    monkeypatch.setattr("yfinance.download", lambda *a, **k: pd.DataFrame())
+    with pytest.raises(YahooSourceError, match=r"KO: yfinance download failed after 3 attempts: KO: yfinance returned no rows"):
+        YFinanceSource(max_retries=2, backoff=0).load("KO", date(2020, 1, 1), date(2020, 1, 31))
+
+
+def test_flat_yfinance_columns_are_accepted():
+    frame = _yfinance_frame(["AAPL"], date(2021, 1, 1), date(2021, 2, 1)).droplevel(1, axis=1)
+    flat = yahoo.from_yfinance_frame(frame, "AAPL")
+    assert flat.columns == ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    assert len(flat) == 19
