@@ -22,16 +22,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     defs = build_definitions(preset)
     instance = dg.DagsterInstance.get()
     jobs = [j for j, has in (("crypto_ingest_job", preset.streams), ("equity_ingest_job", preset.tickers)) if has]
+    jobs.append("features_job")
     print(f"lem run: preset {preset.name!r} ({preset.description}); DAGSTER_HOME={home}", flush=True)
     failed = 0
     for job in jobs:
         summary = run_partitions(defs, job, instance, progress=not args.quiet)
-        print(f"{job}: {len(summary.succeeded)} partitions succeeded, {len(summary.failed)} failed", flush=True)
+        print(f"{job}: {len(summary.succeeded)} runs succeeded, {len(summary.failed)} failed", flush=True)
         for key, message in list(summary.failed.items())[:10]:
             print(f"  {key}: {message}", file=sys.stderr)
         failed += len(summary.failed)
+        if summary.failed:
+            break  # downstream jobs would read incomplete inputs
     if failed:
-        print(f"lem run: {failed} partitions failed. If a source cannot be reached, point LEM_BINANCE_URL / "
+        print(f"lem run: {failed} runs failed. If a source cannot be reached, point LEM_BINANCE_URL / "
               "LEM_YAHOO_DIR at a local mirror (see README).", file=sys.stderr)
         return 1
     print("lem run: done. Look at the runs with `dagster dev -w workspace.yaml`.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from lem_pipeline.sources.binance import KlineStream
+from lem_pipeline.windows import WindowConfig
 
 DOW_30 = ("AMZN", "CVX", "UNH", "AMGN", "VZ", "AAPL", "AXP", "GS", "SHW", "JNJ", "MCD", "CSCO", "IBM", "WMT",
           "PG", "NKE", "TRV", "HON", "MMM", "MSFT", "JPM", "HD", "KO", "DIS", "BA", "CAT", "NVDA", "MRK", "CRM", "V")
@@ -29,6 +30,11 @@ class Preset:
     tickers: tuple[str, ...]
     equity_start: date
     equity_end: date
+    crypto_frequencies: tuple[int, ...] = (60,)  # minutes; multiples of the streams' candles
+    max_missing_base: int = 1  # missing candles in a row that a segment tolerates
+    crypto_windows: WindowConfig = WindowConfig(seasonality="intraday", val_start=date(2021, 5, 1),
+                                                test_start=date(2021, 8, 1))
+    equity_windows: WindowConfig = WindowConfig(seasonality="daily")
 
     def stream(self, symbol: str) -> KlineStream:
         for s in self.streams:
@@ -54,6 +60,10 @@ PRESETS: dict[str, Preset] = {
             tickers=("AAPL", "MSFT", "JPM", "KO"),
             equity_start=date(2000, 1, 3),
             equity_end=date(2024, 12, 31),
+            crypto_frequencies=(60, 120, 240),
+            # Our 1h copy ends 2021-12-06: validation from May, test from August 2021.
+            crypto_windows=WindowConfig(seasonality="intraday", stride=3, val_start=date(2021, 5, 1),
+                                        test_start=date(2021, 8, 1)),
         ),
         Preset(
             name="paper_crypto",
@@ -64,6 +74,8 @@ PRESETS: dict[str, Preset] = {
             tickers=(),
             equity_start=date(2000, 1, 3),
             equity_end=date(2024, 12, 31),
+            crypto_frequencies=(15, 90, 250),  # the paper's three frequencies from 1m candles
+            crypto_windows=WindowConfig(seasonality="intraday", val_start=date(2023, 1, 1), test_start=date(2024, 1, 1)),
         ),
         Preset(
             name="paper_dow",

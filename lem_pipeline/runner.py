@@ -23,19 +23,24 @@ class RunSummary:
 
 
 def run_partitions(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance,
-                   partition_keys: Iterable[str] | None = None, progress: bool = True) -> RunSummary:
+                   partition_keys: Iterable[str] | None = None, progress: bool = True,
+                   log_level: str = "WARNING") -> RunSummary:
     job = defs.resolve_job_def(job_name)
-    keys = list(partition_keys) if partition_keys is not None else job.partitions_def.get_partition_keys(
-        dynamic_partitions_store=instance)
+    if job.partitions_def is None:
+        keys: list[str | None] = [None]
+    else:
+        keys = list(partition_keys) if partition_keys is not None else job.partitions_def.get_partition_keys(
+            dynamic_partitions_store=instance)
     summary = RunSummary(job_name)
     bar = tqdm(keys, desc=job_name, unit="partition", disable=not progress, file=sys.stderr)
     for key in bar:
-        bar.set_postfix_str(key)
-        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        bar.set_postfix_str(key or "")
+        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
+                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
         if result.success:
-            summary.succeeded.append(key)
+            summary.succeeded.append(key or job_name)
         else:
-            summary.failed[key] = _first_error(result)
+            summary.failed[key or job_name] = _first_error(result)
     return summary
 
 

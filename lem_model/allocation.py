@@ -1,0 +1,36 @@
+"""The step-wise allocation rule: a raw proposal, softly clipped to the trading-rate limits and
+to what is left of the order, then hard-clipped so the schedule is always feasible."""
+
+from __future__ import annotations
+
+import torch
+
+
+def soft_clip(x: torch.Tensor, upper: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
+    """SC(x, u) = x * s + u * (1 - s) with s = sigmoid(scale * (u - x)): a convex mix of x and u.
+
+    Very soft at the scale of one step's allocation (about 1/N): it pulls x towards u from both
+    sides, so the hard clip after it is what guarantees feasibility.
+    """
+    s = torch.sigmoid(scale * (upper - x))
+    return x * s + upper * (1 - s)
+
+
+def allocate_step(
+    raw: torch.Tensor,
+    done: torch.Tensor,
+    min_rate: torch.Tensor,
+    max_rate: torch.Tensor,
+    steps_left: int,
+    scale: float = 10.0,
+) -> torch.Tensor:
+    """One step's allocation for every order, given the fraction already ``done``.
+
+    ``steps_left`` counts this step and the ones after it (N - s). The catch-up term adds what
+    the maximum rate alone could not finish in the remaining steps.
+    """
+    remaining = 1.0 - done
+    a = soft_clip(raw + min_rate, max_rate, scale)
+    catch_up = torch.clamp(remaining / steps_left - max_rate, min=0.0)
+    a = soft_clip(a + catch_up, remaining, scale)
+    return torch.minimum(torch.clamp(a, min=0.0), remaining)

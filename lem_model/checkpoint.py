@@ -1,0 +1,41 @@
+"""Checkpoints: the state dict and the config as JSON, side by side, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lem_model.config import LEMConfig
+from lem_model.model import LargeExecutionModel
+
+WEIGHTS = "model.pt"
+CONFIG = "config.json"
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_model(model: LargeExecutionModel, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic(d / CONFIG, lambda p: Path(p).write_text(model.cfg.to_json()))
+    _atomic(d / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
+    return d
+
+
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> LargeExecutionModel:
+    d = Path(directory)
+    cfg = LEMConfig.from_json((d / CONFIG).read_text())
+    model = LargeExecutionModel(cfg)
+    model.load_state_dict(torch.load(d / WEIGHTS, map_location=map_location, weights_only=True))
+    return model.eval()

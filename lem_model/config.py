@@ -1,0 +1,79 @@
+"""LEMConfig: the one dataclass every module of the model takes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class LEMConfig:
+    """Shapes and switches of a Large Execution Model.
+
+    ``n_features`` (D) counts every column of ``x``, the normalised VWAP and volume included (the
+    last two). The defaults are the paper's configuration (section 3.4).
+
+    Switches that default to the reference ``lems`` 0.1.1 behaviour:
+      - ``causal=True`` is our fix (DESIGN.md): step k decides from bars before it. ``False``
+        reproduces the reference's one-bar look-ahead, kept only to measure what it is worth.
+      - ``base_curve_norm="models"``: the reference normalises the base curves over the
+        minimum-duration axis; ``"steps"`` normalises each curve over its execution steps.
+      - ``nto_price_curve="cumulative_notional"``: the reference feeds the notional orders'
+        cumulative notional where it means their average price; ``"average_price"`` fixes it.
+      - ``fused_init="tiled"``: all fused paths start identical as in the reference;
+        ``"independent"`` draws each path's weights separately.
+    """
+
+    n_features: int = 7
+    lookback: int = 120
+    n_ahead: int = 12
+    hidden_size: int = 200
+    num_embedding: int = 20
+    num_heads: int = 8
+    fused_hidden: int = 100
+    rnn_layers: int = 2
+    max_scale_factor: float = 1.5
+    min_scale_factor: float = 0.5
+    soft_clip_scale: float = 10.0
+    causal: bool = True
+    base_curve_norm: Literal["models", "steps"] = "models"
+    nto_price_curve: Literal["cumulative_notional", "average_price"] = "cumulative_notional"
+    fused_init: Literal["tiled", "independent"] = "tiled"
+
+    def __post_init__(self) -> None:
+        if self.n_ahead < 2:
+            raise ValueError(f"n_ahead must be >= 2 (the last step takes the remainder), got {self.n_ahead}")
+        if self.n_features < 3:
+            raise ValueError(f"n_features must count at least one feature plus price and volume, got {self.n_features}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if self.lookback < 1:
+            raise ValueError(f"lookback must be >= 1, got {self.lookback}")
+
+    @property
+    def seq_len(self) -> int:
+        """Length of ``x``: the lookback plus the execution bars before the last one."""
+        return self.lookback + self.n_ahead - 1
+
+    @property
+    def n_models(self) -> int:
+        """J = N + 1: one head per minimum duration 1..N, then "match the benchmark"."""
+        return self.n_ahead + 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LEMConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown LEMConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+# The reference's small test configuration and the paper's (section 3.4).
+SMALL = LEMConfig(n_features=7, lookback=30, n_ahead=12, hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)
+PAPER = LEMConfig(n_features=7, lookback=120, n_ahead=12, hidden_size=200, num_embedding=20, num_heads=8, fused_hidden=100)

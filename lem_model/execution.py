@@ -1,0 +1,74 @@
+"""Achieved price against benchmark, the computation that the loss, the metrics and the slippage
+tables share (TKAN_SPEC.md sections 5-6).
+
+Targets stay compact: ``volumes`` and ``prices`` (B, N) for the execution bars. The TWAP orders
+use unit volumes, which the reference writes into a tiled (B, N, N+1, 4, 2) target tensor; here
+they are broadcast instead of materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-7
+TWAP_KINDS = (1, 3)
+
+
+def kind_volumes(volumes: torch.Tensor) -> torch.Tensor:
+    """(B, N) market volumes -> (B, N, 1, 4): VWAP kinds see the market, TWAP kinds see 1s."""
+    ones = torch.ones_like(volumes)
+    return torch.stack([volumes, ones, volumes, ones], dim=-1).unsqueeze(2)
+
+
+def forced_mask(volumes: torch.Tensor, n_models: int) -> torch.Tensor:
+    """(B, N, J, 4): 1 where the order must still be executing regardless of its allocations.
+
+    Model j < N must execute through step j; model N (match the benchmark) through the end. On
+    top, every step up to and including the first one with market volume is forced (the
+    reference's volume mask: 1 where t == 0 or no volume traded before t).
+    """
+    B, N = volumes.shape
+    t = torch.arange(N, device=volumes.device)
+    j = torch.arange(n_models, device=volumes.device)
+    duration = ((t[:, None] <= j[None, :]) | (j[None, :] >= N)).to(volumes.dtype)  # (N, J)
+    v = kind_volumes(volumes)  # (B, N, 1, 4)
+    before = torch.cumsum(v, dim=1) - v
+    no_volume_yet = ((t.view(1, N, 1, 1) == 0) | (before == 0)).to(volumes.dtype)  # (B, N, 1, 4)
+    duration = duration.view(1, N, n_models, 1)
+    return duration + (1 - duration) * no_volume_yet
+
+
+def remaining(alloc: torch.Tensor) -> torch.Tensor:
+    """C[t] = sum of allocations from step t on (reverse cumulative sum over steps)."""
+    return torch.flip(torch.cumsum(torch.flip(alloc, [1]), 1), [1])
+
+
+def percent_difference(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, *,
+                       soft_alpha: float | None, bench_eps_numerator: bool) -> torch.Tensor:
+    """Dif (B, J, 4, 2) = (achieved / benchmark - 1) * 100 over the bars each order executes on.
+
+    ``soft_alpha`` given: the loss's differentiable mask sigmoid(alpha * C) (0.5 after completion,
+    as the reference). None: the metrics' hard mask C > 0.
+    """
+    J = alloc.shape[2]
+    forced = forced_mask(volumes, J).unsqueeze(-1)  # (B, N, J, 4, 1)
+    c = remaining(alloc)
+    executing = torch.sigmoid(soft_alpha * c) if soft_alpha is not None else (c > 0).to(alloc.dtype)
+    mask = forced + (1 - forced) * executing  # (B, N, J, 4, 2)
+    p = prices.view(*prices.shape, 1, 1)  # (B, N, 1, 1)
+    v = kind_volumes(volumes)  # (B, N, 1, 4)
+    # Per target, on contiguous (B, N, J, 4) tensors in the reference's order of operations: an
+    # order that matches its benchmark exactly must give Dif == 0 exactly (|Dif| has a kink there).
+    achieved, bench = [], []
+    for k in (0, 1):
+        executed = alloc[..., k] * mask[..., k]
+        if k == 0:  # volume target: average price paid per unit
+            achieved.append((executed * p).sum(1) / (executed.sum(1) + EPS))
+        else:  # notional target: notional spent per unit bought
+            achieved.append(executed.sum(1) / ((executed / p).sum(1) + EPS))
+        market = v * mask[..., k]
+        top = (market * p).sum(1)
+        bench.append((top + EPS if bench_eps_numerator else top) / (market.sum(1) + EPS))
+    achieved = torch.stack(achieved, dim=-1)  # (B, J, 4, 2)
+    bench = torch.stack(bench, dim=-1)
+    return (achieved / bench - 1) * 100

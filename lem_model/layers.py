@@ -1,0 +1,168 @@
+"""Building blocks of the context network and the allocation head (TKAN_SPEC.md section 3-4).
+
+Built bottom-up: GroupedLinear -> Gate -> GRN -> VariableSelection; every Dense has a
+glorot-uniform kernel and a zero bias and every LayerNorm uses eps 1e-3, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lem_model.init import glorot_uniform_, lecun_normal_
+from lem_model.tkan import LN_EPS
+
+
+class GroupedLinear(nn.Module):
+    """``groups`` independent Dense layers applied to (..., G, d_in) in one einsum; G=0 means a
+    plain Dense on (..., d_in). The per-feature GRNs of variable selection use G = n_features."""
+
+    def __init__(self, d_in: int, d_out: int, groups: int = 0) -> None:
+        super().__init__()
+        self.groups = groups
+        shape = (groups, d_in, d_out) if groups else (d_in, d_out)
+        self.weight = nn.Parameter(glorot_uniform_(torch.empty(shape), d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(shape[:-2] + (d_out,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.groups:
+            return x @ self.weight + self.bias
+        return torch.einsum("...gi,gio->...go", x, self.weight) + self.bias
+
+
+class GroupedLayerNorm(nn.Module):
+    def __init__(self, d: int, groups: int = 0) -> None:
+        super().__init__()
+        shape = (groups, d) if groups else (d,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.d,), eps=LN_EPS) * self.weight + self.bias
+
+
+class Gate(nn.Module):
+    """GLU: (x W_a + b_a) * sigmoid(x W_b + b_b), both halves in one matmul."""
+
+    def __init__(self, d_in: int, d_out: int, groups: int = 0) -> None:
+        super().__init__()
+        self.linear = GroupedLinear(d_in, 2 * d_out, groups)
+        with torch.no_grad():  # glorot fans of the two separate Dense(d_out) layers
+            glorot_uniform_(self.linear.weight, d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.linear(x).chunk(2, dim=-1)
+        return a * torch.sigmoid(b)
+
+
+class AddNorm(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d, eps=LN_EPS)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.norm(a + b)
+
+
+class GRN(nn.Module):
+    """LN(Dense_out(x) + GLU(Dense_h(ELU(Dense_h(x))))): the skip is a learned linear projection
+    even when the widths match (the reference; the paper's eq. 4 says identity)."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int | None = None, groups: int = 0) -> None:
+        super().__init__()
+        d_out = d_out or hidden
+        self.skip = GroupedLinear(d_in, d_out, groups)
+        self.hidden_in = GroupedLinear(d_in, hidden, groups)
+        self.hidden_out = GroupedLinear(hidden, hidden, groups)
+        self.gate = Gate(hidden, d_out, groups)
+        self.norm = GroupedLayerNorm(d_out, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eta = self.hidden_out(F.elu(self.hidden_in(x)))
+        return self.norm(self.skip(x) + self.gate(eta))
+
+
+class FeatureEmbedding(nn.Module):
+    """One Dense(1 -> E) per feature: (B, T, D) -> (B, T, E, D)."""
+
+    def __init__(self, n_features: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(glorot_uniform_(torch.empty(dim, n_features), 1, dim))
+        self.bias = nn.Parameter(torch.zeros(dim, n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-2) * self.weight + self.bias
+
+
+class VariableSelection(nn.Module):
+    """Softmax weights over features from the flattened embeddings, times per-feature GRNs.
+    Returns the weights too, so one can see which features the model listens to."""
+
+    def __init__(self, n_features: int, emb_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.weights_grn = GRN(emb_dim * n_features, hidden, n_features)
+        self.feature_grns = GRN(emb_dim, hidden, hidden, groups=n_features)
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = emb.flatten(-2)  # (B, T, E*D), index e*D + q as in the reference
+        v = torch.softmax(self.weights_grn(flat), dim=-1)  # (B, T, D)
+        per_feature = self.feature_grns(emb.transpose(-1, -2))  # (B, T, D, H)
+        return (v.unsqueeze(-1) * per_feature).sum(dim=-2), v  # (B, T, H), (B, T, D)
+
+
+class CausalSelfAttention(nn.Module):
+    """Keras MultiHeadAttention with a lower-triangular mask; no residual or norm after it."""
+
+    def __init__(self, d: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Parameter(torch.empty(d, 3 * d))
+        for k in range(3):
+            glorot_uniform_(self.qkv[:, k * d : (k + 1) * d], d, d)
+        self.qkv_bias = nn.Parameter(torch.zeros(3 * d))
+        self.out = nn.Parameter(glorot_uniform_(torch.empty(d, d), d, d))
+        self.out_bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = (x @ self.qkv + self.qkv_bias).view(B, T, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, dk)
+        return y.transpose(1, 2).reshape(B, T, d) @ self.out + self.out_bias
+
+
+class FusedMLP(nn.Module):
+    """J x 8 independent 3-layer MLPs (one per minimum-duration model and order path), computed
+    as one batched matmul per layer. Input (B, J, F) shared by the 8 paths; output (B, J, 8)
+    in (-1, 1) through softsign."""
+
+    PATHS = 8
+
+    def __init__(self, n_models: int, d_in: int, hidden: int, tiled_init: bool = True) -> None:
+        super().__init__()
+        J, P = n_models, self.PATHS
+        self.w1 = nn.Parameter(torch.empty(J, d_in, P, hidden))
+        self.b1 = nn.Parameter(torch.zeros(J, 1, P * hidden))
+        self.w2 = nn.Parameter(torch.empty(J * P, hidden, hidden))
+        self.b2 = nn.Parameter(torch.zeros(J * P, 1, hidden))
+        self.w3 = nn.Parameter(torch.empty(J * P, hidden, 1))
+        self.b3 = nn.Parameter(torch.zeros(J * P, 1, 1))
+        with torch.no_grad():
+            if tiled_init:  # the reference draws one kernel and tiles it over all J x 8 paths
+                self.w1.copy_(glorot_uniform_(torch.empty(d_in, 1, hidden), d_in, hidden).expand_as(self.w1[0]))
+                self.w2.copy_(glorot_uniform_(torch.empty(hidden, hidden), hidden, hidden))
+                self.w3.copy_(lecun_normal_(torch.empty(hidden, 1), hidden))
+            else:
+                glorot_uniform_(self.w1, d_in, hidden)
+                glorot_uniform_(self.w2, hidden, hidden)
+                lecun_normal_(self.w3, hidden)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        J, d_in, P, H = self.w1.shape
+        B = z.shape[0]
+        x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H))  # (J, B, P*H)
+        x = F.relu(x).view(J, B, P, H).permute(0, 2, 1, 3).reshape(J * P, B, H)
+        x = F.relu(torch.baddbmm(self.b2, x, self.w2))  # (J*P, B, H)
+        x = torch.baddbmm(self.b3, x, self.w3)  # (J*P, B, 1)
+        return F.softsign(x.view(J, P, B).permute(2, 0, 1))  # (B, J, P)

@@ -1,0 +1,225 @@
+"""Features, windows, targets and time splits (paper section 3; DESIGN.md "Windows").
+
+For a window whose execution starts at bar r (lookback L, horizon N):
+  x        rows r-L .. r+N-2: features, then VWAP / VWAP[r-L] and volume / s, s = the normaliser
+  targets  VWAP and volume of bars r .. r+N-1, scaled the same way
+  s        the mean volume of the ``norm_window`` bars ending at bar r-L-1: the paper's rolling
+           336-bar window shifted by L+N, evaluated at the window's last bar r+N-1
+Per-bar features use only that bar and earlier ones: volume / (the same shifted rolling mean
+at that bar), the VWAP return, seasonal codes and the frequency code. A window lies inside one
+segment (no outage inside) and inside one split (purged at the boundaries).
+
+Vectorised: polars for the per-bar columns, numpy strided views for the windows; no Python
+loop per window. Arrays are written straight into memory-mapped ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+SPLITS = ("train", "val", "test")
+# Index columns: the window's first bar (r-L), its execution start (r) and its last bar (r+N-1).
+TIME_COLUMNS = ["first_time", "start_time", "end_time"]
+Seasonality = Literal["intraday", "daily"]
+FEATURE_NAMES = {
+    "intraday": ["volume_rel", "vwap_return", "hour_of_day", "day_of_week", "frequency", "price", "volume"],
+    "daily": ["volume_rel", "vwap_return", "day_of_week", "month_of_year", "frequency", "price", "volume"],
+}
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    lookback: int = 120
+    n_ahead: int = 12
+    norm_window: int = 336
+    stride: int = 1  # keep every stride-th execution start (per series)
+    val_start: date = date(2017, 1, 1)
+    test_start: date = date(2020, 1, 1)
+    seasonality: Seasonality = "daily"
+
+    @property
+    def seq_len(self) -> int:
+        return self.lookback + self.n_ahead - 1
+
+    @property
+    def n_features(self) -> int:
+        return len(FEATURE_NAMES[self.seasonality])
+
+    @property
+    def first_start(self) -> int:
+        """Bars a segment needs before its first execution start: the window's normaliser
+        reaches back norm_window bars before r-L, and row r-L's own feature normaliser as far
+        before r-L-(L+N)."""
+        return 2 * self.lookback + self.n_ahead + self.norm_window - 1
+
+
+def bar_features(bars: pl.DataFrame, cfg: WindowConfig) -> pl.DataFrame:
+    """Per-bar columns of one (symbol, frequency) series, computed inside each segment."""
+    shift = cfg.lookback + cfg.n_ahead
+    seg = pl.col("segment")
+    t = pl.col("open_time")
+    if cfg.seasonality == "intraday":
+        season = [(t.dt.hour().cast(pl.Float32) / 24).alias("hour_of_day"),
+                  ((t.dt.weekday() - 1).cast(pl.Float32) / 7).alias("day_of_week")]
+    else:
+        season = [((t.dt.weekday() - 1).cast(pl.Float32) / 7).alias("day_of_week"),
+                  ((t.dt.month() - 1).cast(pl.Float32) / 12).alias("month_of_year")]
+    return bars.sort("open_time").with_columns(
+        pl.col("volume").rolling_mean(cfg.norm_window).shift(shift).over(seg).alias("vol_norm"),
+        (pl.col("vwap") / pl.col("vwap").shift(1).over(seg) - 1).alias("vwap_return"),
+        *season,
+        (pl.col("freq_min").cast(pl.Float32) / 1440).alias("frequency"),
+    ).with_columns((pl.col("volume") / pl.col("vol_norm")).alias("volume_rel"))
+
+
+@dataclass
+class SeriesWindows:
+    """Execution starts of one series, by split, with what is needed to cut the windows."""
+
+    symbol: str
+    freq_min: int
+    feats: np.ndarray  # (n, 5) float64 per-bar features
+    vwap: np.ndarray  # (n,)
+    volume: np.ndarray  # (n,)
+    vol_norm: np.ndarray  # (n,)
+    open_time: np.ndarray  # (n,) datetime64[us]
+    starts: dict[str, np.ndarray]
+    dropped_bad_normaliser: int
+
+
+def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
+    """Which execution starts r of this series make valid windows, and in which split."""
+    df = bar_features(bars, cfg)
+    names = FEATURE_NAMES[cfg.seasonality][:-2]
+    feats = df.select(names).to_numpy().astype(np.float64)
+    vwap = df["vwap"].to_numpy().astype(np.float64)
+    volume = df["volume"].to_numpy().astype(np.float64)
+    vol_norm = df["vol_norm"].fill_null(np.nan).to_numpy().astype(np.float64)
+    seg = df["segment"].to_numpy()
+    times = df["open_time"].dt.replace_time_zone(None).to_numpy()
+    n, L, N = len(df), cfg.lookback, cfg.n_ahead
+    out = SeriesWindows(str(df["symbol"][0]) if n else "", int(df["freq_min"][0]) if n else 0, feats, vwap, volume,
+                        vol_norm, times, {s: np.zeros(0, np.int64) for s in SPLITS}, 0)
+    if n < L + N:
+        return out
+    r = np.arange(L, n - N + 1)
+    first, last = r - L, r + N - 1
+    same_segment = seg[first] == seg[last]
+    # every feature row of the window is finite: a running count of bad rows over [r-L, r+N-2]
+    bad_row = ~np.isfinite(feats).all(axis=1)
+    bad_before = np.concatenate([[0], np.cumsum(bad_row)])
+    rows_ok = (bad_before[last] - bad_before[first]) == 0
+    norm = vol_norm[last]
+    norm_ok = np.isfinite(norm) & (norm > 0) & (vwap[first] > 0)
+    structural = same_segment & rows_ok & np.isfinite(norm)  # windows that exist at all
+    out.dropped_bad_normaliser = int((structural & ~norm_ok).sum())
+    valid = structural & norm_ok
+    r, first, last = r[valid], first[valid], last[valid]
+    keep = (r - r[0]) % cfg.stride == 0 if len(r) else np.zeros(0, bool)
+    r, first, last = r[keep], first[keep], last[keep]
+    val_t = np.datetime64(datetime.combine(cfg.val_start, datetime.min.time()), "us")
+    test_t = np.datetime64(datetime.combine(cfg.test_start, datetime.min.time()), "us")
+    t0, t1 = times[first], times[last]
+    out.starts = {
+        "train": r[t1 < val_t],
+        "val": r[(t0 >= val_t) & (t1 < test_t)],
+        "test": r[t0 >= test_t],
+    }
+    return out
+
+
+def cut_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x (n, L+N-1, D), volumes (n, N), prices (n, N)) for the given execution starts."""
+    L, N, T = cfg.lookback, cfg.n_ahead, cfg.seq_len
+    first = starts - L
+    view = np.lib.stride_tricks.sliding_window_view
+    feats = view(s.feats, T, axis=0)[first]  # (n, 5, T)
+    price_scale = s.vwap[first][:, None]
+    vol_scale = s.vol_norm[starts + N - 1][:, None]
+    price = view(s.vwap, T)[first] / price_scale  # (n, T)
+    vol = view(s.volume, T)[first] / vol_scale
+    x = np.concatenate([feats.transpose(0, 2, 1), price[..., None], vol[..., None]], axis=-1)
+    exec_prices = view(s.vwap, N)[starts] / price_scale
+    exec_volumes = view(s.volume, N)[starts] / vol_scale
+    return x.astype(np.float32), exec_volumes.astype(np.float32), exec_prices.astype(np.float32)
+
+
+@dataclass
+class BuildReport:
+    counts: dict[str, int]
+    per_group: pl.DataFrame  # split, symbol, freq_min, windows
+    dropped_bad_normaliser: int
+    directory: Path
+
+
+def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: str | Path) -> BuildReport:
+    """Cut every series into windows and write them, merged, as float32 ``.npy`` per split and
+    array plus ``index.parquet`` (split, row, symbol, freq_min, start_time). The directory is
+    replaced whole: a crash leaves the previous complete set."""
+    directory = Path(directory)
+    plans = [plan_series(b, cfg) for b in series if len(b)]
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        index_parts = []
+        counts = {}
+        for split in SPLITS:
+            total = sum(len(p.starts[split]) for p in plans)
+            counts[split] = total
+            mm = {name: np.lib.format.open_memmap(tmp / f"{split}_{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+                  for name, shape in (("x", (total, cfg.seq_len, cfg.n_features)), ("volumes", (total, cfg.n_ahead)),
+                                      ("prices", (total, cfg.n_ahead)))}
+            row = 0
+            for p in plans:
+                starts = p.starts[split]
+                if not len(starts):
+                    continue
+                x, v, px = cut_windows(p, starts, cfg)
+                sl = slice(row, row + len(starts))
+                mm["x"][sl], mm["volumes"][sl], mm["prices"][sl] = x, v, px
+                index_parts.append(pl.DataFrame({
+                    "split": split, "row": np.arange(sl.start, sl.stop), "symbol": p.symbol, "freq_min": p.freq_min,
+                    "first_time": p.open_time[starts - cfg.lookback], "start_time": p.open_time[starts],
+                    "end_time": p.open_time[starts + cfg.n_ahead - 1],
+                }).with_columns(pl.col(TIME_COLUMNS).dt.replace_time_zone("UTC")))
+                row = sl.stop
+            for m in mm.values():
+                m.flush()
+            del mm
+        index = (pl.concat(index_parts) if index_parts else pl.DataFrame(
+            schema={"split": pl.String, "row": pl.Int64, "symbol": pl.String, "freq_min": pl.Int64}
+            | {c: pl.Datetime("us", "UTC") for c in TIME_COLUMNS}))
+        index.write_parquet(tmp / "index.parquet")
+        dropped = sum(p.dropped_bad_normaliser for p in plans)
+        meta = {"config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()},
+                "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "dropped_bad_normaliser": dropped,
+                "built_at": datetime.now(timezone.utc).isoformat()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    per_group = (index.group_by("split", "symbol", "freq_min").agg(pl.len().alias("windows"))
+                 .sort("split", "symbol", "freq_min"))
+    return BuildReport(counts, per_group, dropped, directory)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
