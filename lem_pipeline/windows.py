@@ -139,20 +139,33 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     return out
 
 
-def cut_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x (n, L+N-1, D), volumes (n, N), prices (n, N)) for the given execution starts."""
+def fill_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig,
+                 x: np.ndarray, volumes: np.ndarray, prices: np.ndarray) -> None:
+    """Write the windows of ``starts`` into ``x`` (n, L+N-1, D), ``volumes`` and ``prices`` (n, N),
+    which may be slices of memory-mapped files: each window is gathered once, in place."""
     L, N, T = cfg.lookback, cfg.n_ahead, cfg.seq_len
     first = starts - L
+    feats = s.feats.astype(np.float32)  # per bar: casting before or after the gather is the same
+    rows = np.lib.stride_tricks.as_strided(feats, shape=(len(feats) - T + 1, T, feats.shape[1]),
+                                           strides=(feats.strides[0], feats.strides[0], feats.strides[1]),
+                                           writeable=False)
+    x[:, :, :-2] = rows[first]  # (n, T, D-2)
     view = np.lib.stride_tricks.sliding_window_view
-    feats = view(s.feats, T, axis=0)[first]  # (n, 5, T)
     price_scale = s.vwap[first][:, None]
     vol_scale = s.vol_norm[starts + N - 1][:, None]
-    price = view(s.vwap, T)[first] / price_scale  # (n, T)
-    vol = view(s.volume, T)[first] / vol_scale
-    x = np.concatenate([feats.transpose(0, 2, 1), price[..., None], vol[..., None]], axis=-1)
-    exec_prices = view(s.vwap, N)[starts] / price_scale
-    exec_volumes = view(s.volume, N)[starts] / vol_scale
-    return x.astype(np.float32), exec_volumes.astype(np.float32), exec_prices.astype(np.float32)
+    x[:, :, -2] = view(s.vwap, T)[first] / price_scale  # divided in float64, stored as float32
+    x[:, :, -1] = view(s.volume, T)[first] / vol_scale
+    prices[:] = view(s.vwap, N)[starts] / price_scale
+    volumes[:] = view(s.volume, N)[starts] / vol_scale
+
+
+def cut_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x (n, L+N-1, D), volumes (n, N), prices (n, N)) for the given execution starts, in memory."""
+    n = len(starts)
+    x = np.empty((n, cfg.seq_len, cfg.n_features), np.float32)
+    v, p = np.empty((n, cfg.n_ahead), np.float32), np.empty((n, cfg.n_ahead), np.float32)
+    fill_windows(s, starts, cfg, x, v, p)
+    return x, v, p
 
 
 @dataclass
@@ -185,18 +198,15 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
                 starts = p.starts[split]
                 if not len(starts):
                     continue
-                x, v, px = cut_windows(p, starts, cfg)
                 sl = slice(row, row + len(starts))
-                mm["x"][sl], mm["volumes"][sl], mm["prices"][sl] = x, v, px
+                fill_windows(p, starts, cfg, mm["x"][sl], mm["volumes"][sl], mm["prices"][sl])
                 index_parts.append(pl.DataFrame({
                     "split": split, "row": np.arange(sl.start, sl.stop), "symbol": p.symbol, "freq_min": p.freq_min,
                     "first_time": p.open_time[starts - cfg.lookback], "start_time": p.open_time[starts],
                     "end_time": p.open_time[starts + cfg.n_ahead - 1],
                 }).with_columns(pl.col(TIME_COLUMNS).dt.replace_time_zone("UTC")))
                 row = sl.stop
-            for m in mm.values():
-                m.flush()
-            del mm
+            del mm  # unmapped; the kernel writes the pages back (a flush here would wait on the disk)
         index = (pl.concat(index_parts) if index_parts else pl.DataFrame(
             schema={"split": pl.String, "row": pl.Int64, "symbol": pl.String, "freq_min": pl.Int64}
             | {c: pl.Datetime("us", "UTC") for c in TIME_COLUMNS}))
