@@ -23,6 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()
     jobs = [j for j, has in (("crypto_ingest_job", preset.streams), ("equity_ingest_job", preset.tickers)) if has]
     jobs.append("features_job")
+    jobs += [j for j, has in (("crypto_training_job", preset.streams), ("equity_training_job", preset.tickers)) if has]
     print(f"lem run: preset {preset.name!r} ({preset.description}); DAGSTER_HOME={home}", flush=True)
     failed = 0
     for job in jobs:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from lem_pipeline.assets.evaluation import build_evaluation_assets
 from lem_pipeline.assets.features import build_feature_assets
 from lem_pipeline.assets.ingest import build_ingest_assets, klines_partitions, ticker_partitions
+from lem_pipeline.assets.training import build_training_assets
 from lem_pipeline.presets import Preset, get_preset
 from lem_pipeline.resources import default_resources
 
@@ -16,6 +18,7 @@ EXECUTOR = dg.multiprocess_executor.configured({"max_concurrent": 2})
 def build_definitions(preset: Preset, resources: dict | None = None) -> dg.Definitions:
     ingest = build_ingest_assets(preset)
     features = build_feature_assets(preset)
+    models = build_training_assets(preset) + build_evaluation_assets(preset)
     crypto_ingest = dg.define_asset_job(
         "crypto_ingest_job", selection=dg.AssetSelection.assets("binance_klines"),
         partitions_def=klines_partitions(preset),
@@ -30,9 +33,14 @@ def build_definitions(preset: Preset, resources: dict | None = None) -> dg.Defin
         "features_job", selection=dg.AssetSelection.groups("features"),
         description="Bars, features, windows and splits from everything ingested.",
     )
+    training_jobs = [
+        dg.define_asset_job(f"{d}_training_job", selection=dg.AssetSelection.assets(f"{d}_lem_model", f"{d}_evaluation"),
+                            description=f"Train the {d} LEM and evaluate it on the test split (MLflow).")
+        for d in ("crypto", "equity")
+    ]
     return dg.Definitions(
-        assets=[*ingest, *features],
-        jobs=[crypto_ingest, equity_ingest, features_job],
+        assets=[*ingest, *features, *models],
+        jobs=[crypto_ingest, equity_ingest, features_job, *training_jobs],
         resources=resources if resources is not None else default_resources(),
         executor=EXECUTOR,
     )

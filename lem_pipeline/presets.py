@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from datetime import date
 
+from lem_model.train import TrainConfig
 from lem_pipeline.sources.binance import KlineStream
 from lem_pipeline.windows import WindowConfig
 
@@ -18,6 +19,21 @@ DOW_30 = ("AMZN", "CVX", "UNH", "AMGN", "VZ", "AAPL", "AXP", "GS", "SHW", "JNJ",
 PAPER_CRYPTO_PAIRS = ("ETHBTC", "BNBBTC", "BTCUSDT", "ETHUSDT", "LTCBTC", "BNBUSDT", "XRPBTC", "LTCUSDT",
                       "XRPUSDT", "ADAUSDT", "ADABTC", "LINKBTC", "TRXUSDT", "NEOUSDT", "XLMUSDT", "EOSUSDT",
                       "ETCUSDT", "VETUSDT", "ONTUSDT", "IOTAUSDT")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The LEM's widths; lookback, horizon and feature count come from the windows."""
+
+    hidden_size: int = 200
+    num_embedding: int = 20
+    num_heads: int = 8
+    fused_hidden: int = 100
+
+
+PAPER_SIZE = ModelSize()
+SMALL_SIZE = ModelSize(hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)
+PAPER_TRAINING = TrainConfig(epochs=100, batch_size=256, lr=1e-5)
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,8 @@ class Preset:
     crypto_windows: WindowConfig = WindowConfig(seasonality="intraday", val_start=date(2021, 5, 1),
                                                 test_start=date(2021, 8, 1))
     equity_windows: WindowConfig = WindowConfig(seasonality="daily")
+    model: ModelSize = PAPER_SIZE
+    training: TrainConfig = PAPER_TRAINING
 
     def stream(self, symbol: str) -> KlineStream:
         for s in self.streams:
@@ -64,6 +82,9 @@ PRESETS: dict[str, Preset] = {
             # Our 1h copy ends 2021-12-06: validation from May, test from August 2021.
             crypto_windows=WindowConfig(seasonality="intraday", stride=3, val_start=date(2021, 5, 1),
                                         test_start=date(2021, 8, 1)),
+            # CPU-sized: the small reference model, a larger learning rate and a few epochs.
+            model=SMALL_SIZE,
+            training=TrainConfig(epochs=3, batch_size=128, lr=1e-3),
         ),
         Preset(
             name="paper_crypto",

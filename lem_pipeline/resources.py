@@ -83,7 +83,10 @@ class YahooSource(dg.ConfigurableResource):
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources from the environment, with local embedded defaults."""
     yahoo_dir = os.environ.get("LEM_YAHOO_DIR")
+    from lem_pipeline.tracking import default_tracking
+
     return {
+        "mlflow": default_tracking(),
         "lake": DataLake(root=str(Path(os.environ.get("LEM_DATA_DIR", "data")).resolve())),
         "binance": BinanceSource(base_url=os.environ.get("LEM_BINANCE_URL", DEFAULT_BASE_URL)),
         "yahoo": YahooSource(csv_dir=str(Path(yahoo_dir).resolve()) if yahoo_dir else None),

@@ -105,3 +105,23 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def small_equity_windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real windows from two Dow stocks with a short lookback: small enough to train on in seconds."""
+    from datetime import date
+
+    import polars as pl
+
+    from lem_pipeline.bars import daily_bars
+    from lem_pipeline.sources.yahoo import CsvDirectorySource
+    from lem_pipeline.windows import WindowConfig, build_windows
+
+    src = CsvDirectorySource(YAHOO_DIR)
+    series = [daily_bars(src.load(t, date(2000, 1, 3), date(2024, 12, 31)).with_columns(pl.lit(t).alias("ticker")))
+              for t in ("AAPL", "KO")]
+    cfg = WindowConfig(lookback=30, n_ahead=6, norm_window=60, stride=8)
+    out = tmp_path_factory.mktemp("windows") / "equity"
+    build_windows(series, cfg, out)
+    return out

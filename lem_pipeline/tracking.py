@@ -1,0 +1,62 @@
+"""MLflow tracking as a Dagster resource: a local SQLite store with a local artifact root by
+default, one experiment per dataset, opened in the UI's model-training view."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MLflowTracking(dg.ConfigurableResource):
+    """``tracking_uri`` must be absolute (Dagster steps run in other working directories)."""
+
+    tracking_uri: str
+    artifact_root: str
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def _mlflow(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow
+
+    def experiment_id(self, name: str) -> str:
+        mlflow = self._mlflow()
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            location = Path(self.artifact_root, name).resolve().as_uri()
+            return mlflow.create_experiment(name, artifact_location=location,
+                                            tags={"mlflow.experimentKind": "custom_model_development"})
+        return exp.experiment_id
+
+    @contextmanager
+    def run(self, experiment: str, *, run_id: str | None = None, run_name: str | None = None,
+            tags: dict[str, str] | None = None) -> Iterator:
+        """A new run in ``experiment`` or, with ``run_id``, the existing one reopened."""
+        mlflow = self._mlflow()
+        exp_id = self.experiment_id(experiment)
+        with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                              tags=tags) as active:
+            yield active
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def default_tracking() -> MLflowTracking:
+    root = Path(os.environ.get("LEM_MLFLOW_DIR", "mlruns")).resolve()
+    return MLflowTracking(tracking_uri=os.environ.get("LEM_MLFLOW_URI", f"sqlite:///{root / 'mlflow.db'}"),
+                          artifact_root=str(root / "artifacts"))

@@ -1,0 +1,108 @@
+"""The trainer on real windows: resume, the NaN guard, and 2-process DDP under torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from lem_model import LargeExecutionModel, LEMConfig
+from lem_model.data import WindowDataset
+from lem_model.train import CHECKPOINT, NonFiniteLossError, TrainConfig, seed_everything, train
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = TrainConfig(epochs=3, batch_size=64, lr=1e-3, seed=3, progress=False, early_stop_patience=5)
+
+
+def make_model(windows: Path, seed: int = 3) -> LargeExecutionModel:
+    meta = WindowDataset(windows, "train").meta
+    seed_everything(seed)
+    return LargeExecutionModel(LEMConfig(n_features=len(meta["features"]), lookback=meta["config"]["lookback"],
+                                         n_ahead=meta["config"]["n_ahead"], hidden_size=8, num_embedding=4,
+                                         num_heads=2, fused_hidden=8))
+
+
+def sets(windows: Path):
+    return WindowDataset(windows, "train"), WindowDataset(windows, "val")
+
+
+def test_resume_after_epoch_one_equals_an_uninterrupted_run(small_equity_windows, tmp_path):
+    straight = make_model(small_equity_windows)
+    full = train(straight, *sets(small_equity_windows), CFG, tmp_path / "a")
+    interrupted = make_model(small_equity_windows)
+    partial = train(interrupted, *sets(small_equity_windows), CFG, tmp_path / "b", stop_after_epochs=1)
+    assert len(partial.history) == 1
+    saved = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)
+    assert saved["epoch"] == 0
+    resumed_model = make_model(small_equity_windows, seed=99)  # different init: everything must come from the checkpoint
+    resumed = train(resumed_model, *sets(small_equity_windows), CFG, tmp_path / "b")
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed_model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert full.best_epoch == resumed.best_epoch
+
+
+class PoisonAfter(Dataset):
+    """Real windows, with a NaN input once ``after`` items have been read (i.e. in a later epoch)."""
+
+    def __init__(self, base: Dataset, after: int) -> None:
+        self.base, self.after, self.reads = base, after, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        x, v, p = self.base[i]
+        if self.reads > self.after:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return x, v, p
+
+
+def test_non_finite_batch_stops_training_and_keeps_the_last_good_checkpoint(small_equity_windows, tmp_path):
+    train_set, val_set = sets(small_equity_windows)
+    poisoned = PoisonAfter(train_set, after=len(train_set) + 10)  # clean epoch 1, poison early in epoch 2
+    model = make_model(small_equity_windows)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, batch 0.*last good checkpoint"):
+        train(model, poisoned, val_set, CFG, tmp_path / "ckpt")
+    saved = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=False)
+    assert saved["epoch"] == 0 and len(saved["history"]) == 1
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    good = make_model(small_equity_windows)
+    good.load_state_dict(saved["model"])  # loadable, and the run can resume from it
+
+
+def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
+    out = tmp_path / "ddp"
+    env = os.environ | {"OMP_NUM_THREADS": "1", "LEM_MLFLOW_DIR": str(tmp_path / "mlruns"), "LEM_PRESET": "demo"}
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    script = (
+        "import os, sys, pathlib; from lem_pipeline import train_ddp; "
+        "r = os.environ['RANK']; train_ddp.main(sys.argv[1:] + ['--digest-file', str(pathlib.Path(sys.argv[4]) / f'digest{r}.txt')])"
+    )
+    (out).mkdir(parents=True)
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "--no-python", sys.executable, "-c", script,
+                           "--windows", str(small_equity_windows), "--out", str(out), "--epochs", "2",
+                           "--batch-size", "32"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d0, d1 = (out / "digest0.txt").read_text(), (out / "digest1.txt").read_text()
+    assert d0 == d1 and len(d0) == 64
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [CHECKPOINT]
+    assert json.loads((out / "result.json").read_text())["best_epoch"] in (0, 1)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["lem-ddp"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == 2

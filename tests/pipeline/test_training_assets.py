@@ -1,0 +1,136 @@
+"""Training and evaluation through the Dagster assets, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from datetime import date
+
+import dagster as dg
+import matplotlib.image as mpimg
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from lem_model.checkpoint import load_model
+from lem_model.data import WindowDataset
+from lem_model.evaluate import EvalArrays
+from lem_pipeline.definitions import build_definitions
+from lem_pipeline.presets import PRESETS
+from lem_pipeline.resources import BinanceSource, DataLake, YahooSource
+from lem_pipeline.runner import run_partitions
+from lem_pipeline.tracking import MLflowTracking
+from lem_pipeline.windows import WindowConfig
+from tests.conftest import YAHOO_DIR
+
+N = 12
+PRESET = dataclasses.replace(
+    PRESETS["demo"], name="test-equity", streams=(), tickers=("AAPL", "KO"),
+    equity_windows=WindowConfig(lookback=30, n_ahead=N, stride=4),
+    training=dataclasses.replace(PRESETS["demo"].training, epochs=2, batch_size=128))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    home = tmp / "dagster_home"
+    home.mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(home))
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "artifacts"))
+    lake = DataLake(root=str(tmp / "lake"))
+    defs = build_definitions(PRESET, resources={"lake": lake, "mlflow": tracking, "yahoo": YahooSource(csv_dir=str(YAHOO_DIR)),
+                                                "binance": BinanceSource(base_url="http://127.0.0.1:9")})
+    instance = dg.DagsterInstance.get()
+    for job in ("equity_ingest_job", "features_job", "equity_training_job"):
+        summary = run_partitions(defs, job, instance, progress=False)
+        assert summary.failed == {}, summary.failed
+    mlflow.set_tracking_uri(tracking.tracking_uri)
+    yield {"lake": lake, "tracking": tracking, "instance": instance}
+    mp.undo()
+
+
+def latest(instance, asset):
+    return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+
+
+def test_mlflow_run_holds_params_metrics_and_inputs(trained):
+    run_id = latest(trained["instance"], "equity_lem_model")["mlflow_run_id"].value
+    run = mlflow.get_run(run_id)
+    assert run.data.params["model.hidden_size"] == "32" and run.data.params["train.epochs"] == "2"
+    assert run.data.params["model.causal"] == "True" and run.data.params["windows.lookback"] == "30"
+    assert run.data.tags["dagster.asset_key"] == "equity_lem_model" and run.data.tags["git.commit"]
+    client = mlflow.MlflowClient()
+    for metric in ("loss", "val_loss", "val_buy_vwap_avg_imp", "val_unsigned_vwap_avg_risk"):
+        assert [m.step for m in client.get_metric_history(run_id, metric)] == [0, 1]
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"equity-train", "equity-val"}
+    exp = mlflow.get_experiment(run.info.experiment_id)
+    assert exp.name == "lem-equity" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert "evaluation/equity_daily_main.csv" in artifacts and "evaluation/equity_daily_slippage.png" in artifacts
+
+
+def read_main_table(lake: DataLake) -> list[list[str]]:
+    with open(lake.path / "evaluation" / "equity" / "equity_daily_main.csv") as f:
+        return list(csv.reader(f))
+
+
+def test_main_table_has_the_papers_rows_and_the_rule(trained):
+    rows = read_main_table(trained["lake"])
+    assert rows[0] == ["Order Type", "Min Period", "Mean (bps)", "Std (bps)", "Median (bps)", "P5 (bps)", "P95 (bps)",
+                       "Q25 (bps)", "Q75 (bps)"]
+    keys = [(r[0], r[1]) for r in rows[1:]]
+    periods = [str(m) for m in range(1, N + 1)]
+    want = ([("TWAP Notional", "All"), ("TWAP Volume", "All")]
+            + [("BUY", p) for p in periods] + [("BUY", "Match VWAP")]
+            + [("SELL", p) for p in periods] + [("SELL", "Match VWAP")]
+            + [("RULE BUY", p) for p in periods] + [("RULE SELL", p) for p in periods])
+    assert keys == want
+    out = trained["lake"].path / "evaluation" / "equity"
+    for stem in ("equity_daily_detail_min7", "equity_daily_detail_match"):
+        assert (out / f"{stem}.csv").exists() and (out / f"{stem}.tex").read_text().startswith("\\begin{tabular}")
+
+
+def test_a_table_row_recomputed_from_the_slippage_arrays(trained):
+    out = trained["lake"].path / "evaluation" / "equity"
+    ev = EvalArrays.load(out / "slippage.npz")
+    row = next(r for r in read_main_table(trained["lake"]) if r[:2] == ["SELL", "7"])
+    v = ev.model_bps[:, 6, 2, 0].astype(np.float64)  # sell-VWAP, volume target, minimum period 7
+    want = [v.mean(), v.std(), np.median(v), np.quantile(v, 0.05), np.quantile(v, 0.95), np.quantile(v, 0.25),
+            np.quantile(v, 0.75)]
+    np.testing.assert_allclose([float(x) for x in row[2:]], want, rtol=0, atol=1e-5)
+    tv = next(r for r in read_main_table(trained["lake"]) if r[0] == "TWAP Volume")
+    np.testing.assert_allclose(float(tv[2]), ev.twap_volume_bps.astype(np.float64).mean(), atol=1e-5)
+    assert len(v) == len(WindowDataset(trained["lake"].path / "windows" / "equity", "test"))
+
+
+def test_plots_are_valid_images(trained):
+    out = trained["lake"].path / "evaluation" / "equity"
+    for name in ("equity_daily_slippage.png", "equity_daily_execution_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300 and img.std() > 0.01
+
+
+def test_logged_model_reloads_with_the_trained_allocations(trained):
+    meta = latest(trained["instance"], "equity_lem_model")
+    served = mlflow.pytorch.load_model(meta["model_uri"].value)
+    trained_model = load_model(meta["model_dir"].value)
+    x = torch.stack([WindowDataset(trained["lake"].path / "windows" / "equity", "test")[i][0] for i in range(16)])
+    with torch.no_grad():
+        expected = trained_model(x, torch.full((16,), 1 / N**2), torch.ones(16))
+        assert torch.equal(served(x), expected)
+
+
+def test_evaluation_check_and_metadata(trained):
+    instance = trained["instance"]
+    key = dg.AssetCheckKey(dg.AssetKey("equity_evaluation"), "allocations_feasible")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    evaluation = record.event.dagster_event.event_specific_data
+    assert evaluation.passed and evaluation.metadata["max_abs_sum_error"].value < 1e-5
+    meta = latest(instance, "equity_evaluation")
+    assert "| TWAP Volume | All |" in meta["main_table"].value
+    assert meta["mlflow_run"].value.endswith(meta["mlflow_run_id"].value)
