@@ -10,6 +10,7 @@ from lem_pipeline.assets.ingest import build_ingest_assets, klines_partitions, t
 from lem_pipeline.assets.training import build_training_assets
 from lem_pipeline.presets import Preset, get_preset
 from lem_pipeline.resources import default_resources
+from lem_pipeline.schedules import build_schedules
 
 # Two cores: at most two step subprocesses at a time when the multiprocess executor is used.
 EXECUTOR = dg.multiprocess_executor.configured({"max_concurrent": 2})
@@ -38,10 +39,16 @@ def build_definitions(preset: Preset, resources: dict | None = None) -> dg.Defin
                             description=f"Train the {d} LEM and evaluate it on the test split (MLflow).")
         for d in ("crypto", "equity")
     ]
+    retrain = dg.define_asset_job(
+        "retrain_job", selection=dg.AssetSelection.groups("features", "training", "evaluation"),
+        description="After a data refresh: rebuild features and windows, retrain and re-evaluate both datasets.")
+    schedules, sensors = build_schedules(preset, crypto_ingest, equity_ingest, retrain, klines_partitions(preset))
     return dg.Definitions(
         assets=[*ingest, *features, *models],
-        jobs=[crypto_ingest, equity_ingest, features_job, *training_jobs],
-        resources=resources if resources is not None else default_resources(),
+        jobs=[crypto_ingest, equity_ingest, features_job, *training_jobs, retrain],
+        schedules=schedules,
+        sensors=sensors,
+        resources=default_resources() | (resources or {}),  # given resources override the embedded defaults
         executor=EXECUTOR,
     )
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 import json
-import tempfile
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +16,7 @@ from lem_model.checkpoint import save_model
 from lem_model.data import WindowDataset
 from lem_model.serving import FixedRateLEM
 from lem_model.train import TrainConfig, seed_everything, train
+from lem_pipeline.desk import WINDOWS_META
 from lem_pipeline.presets import Preset
 from lem_pipeline.resources import DataLake
 from lem_pipeline.tables import markdown_table
@@ -78,7 +79,9 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
         model.cpu()
         save_model(model, out / "best")
+        shutil.copyfile(windows / "meta.json", out / "best" / WINDOWS_META)  # what `lem schedule` needs
         logged = log_model(model, train_set)
+        mlflow.log_artifacts(str(out / "best"), "model_state")  # checkpoint + windows config, for `lem schedule`
         run_info = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_uri": logged,
                     "model_dir": str(out / "best"), "causal": mcfg.causal}
         (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
@@ -108,9 +111,6 @@ def log_model(model: LargeExecutionModel, data: WindowDataset) -> str:
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the plain checkpoint
         mlflow.log_text(f"mlflow.pytorch.log_model failed: {e!r}", "model_export_error.txt")
         run = mlflow.active_run()
-        with tempfile.TemporaryDirectory() as d:
-            save_model(model, d)
-            mlflow.log_artifacts(d, "model_state")
         return f"runs:/{run.info.run_id}/model_state"
 
 
