@@ -80,8 +80,9 @@ PRESETS: dict[str, Preset] = {
             equity_end=date(2024, 12, 31),
             crypto_frequencies=(60, 120, 240),
             # Our 1h copy ends 2021-12-06: validation from May, test from August 2021.
-            crypto_windows=WindowConfig(seasonality="intraday", stride=3, val_start=date(2021, 5, 1),
+            crypto_windows=WindowConfig(seasonality="intraday", stride=4, val_start=date(2021, 5, 1),
                                         test_start=date(2021, 8, 1)),
+            equity_windows=WindowConfig(seasonality="daily", stride=2),
             # CPU-sized: the small reference model, a larger learning rate and a few epochs.
             model=SMALL_SIZE,
             training=TrainConfig(epochs=3, batch_size=128, lr=1e-3),
