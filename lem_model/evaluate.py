@@ -187,55 +187,53 @@ def write_table(rows: list[Row], header: tuple[str, str], stem: Path) -> dict[st
     return paths
 
 
-# -- plots -------------------------------------------------------------------------------------
-def plot_distributions(ev: EvalArrays, path: Path, title: str) -> Path:
-    """Slippage distributions per minimum period: model buy and sell (VWAP, volume) against TWAP."""
+# -- plots ------------------------------------------------------------------------------------
+def _panels(n_ahead: int, title: str, plot_one, path: Path, xlabel: str, ylabel: str | None = None) -> Path:
+    """One panel per shown minimum period (1, N/2, N, Match), drawn by ``plot_one(ax, m)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    N = ev.model_bps.shape[1] - 1
-    periods = sorted({0, N // 2, N - 1, N})
+    periods = sorted({0, n_ahead // 2, n_ahead - 1, n_ahead})
     fig, axes = plt.subplots(1, len(periods), figsize=(4 * len(periods), 3.2), squeeze=False)
-    lo, hi = np.percentile(np.concatenate([ev.model_bps[:, :, [0, 2], 0].ravel(), ev.twap_volume_bps]), [1, 99])
-    bins = np.linspace(lo, hi, 60)
     for ax, m in zip(axes[0], periods):
-        ax.hist(ev.twap_volume_bps, bins=bins, histtype="step", label="TWAP volume", color="grey")
-        ax.hist(ev.model_bps[:, m, BUY_VWAP, VOLUME], bins=bins, histtype="step", label="LEM buy", color="tab:green")
-        ax.hist(ev.model_bps[:, m, SELL_VWAP, VOLUME], bins=bins, histtype="step", label="LEM sell", color="tab:red")
-        ax.set_title("Match VWAP" if m == N else f"Min {m + 1} periods")
-        ax.set_xlabel("slippage vs VWAP (bps)")
+        plot_one(ax, m)
+        ax.set_title("Match VWAP" if m == n_ahead else f"Min {m + 1} periods")
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        axes[0][0].set_ylabel(ylabel)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title} - slippage distributions")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_distributions(ev: EvalArrays, path: Path, title: str) -> Path:
+    """Slippage distributions per minimum period: model buy and sell (VWAP, volume) against TWAP."""
+    lo, hi = np.percentile(np.concatenate([ev.model_bps[:, :, [0, 2], 0].ravel(), ev.twap_volume_bps]), [1, 99])
+    bins = np.linspace(lo, hi, 60)
+
+    def one(ax, m: int) -> None:
+        ax.hist(ev.twap_volume_bps, bins=bins, histtype="step", label="TWAP volume", color="grey")
+        ax.hist(ev.model_bps[:, m, BUY_VWAP, VOLUME], bins=bins, histtype="step", label="LEM buy", color="tab:green")
+        ax.hist(ev.model_bps[:, m, SELL_VWAP, VOLUME], bins=bins, histtype="step", label="LEM sell", color="tab:red")
+
+    return _panels(ev.model_bps.shape[1] - 1, f"{title} - slippage distributions", one, path,
+                   "slippage vs VWAP (bps)")
 
 
 def plot_execution_curves(ev: EvalArrays, path: Path, title: str) -> Path:
     """Mean cumulative execution per minimum period (buy and sell, VWAP volume) against TWAP."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     N = ev.mean_alloc.shape[0]
-    periods = sorted({0, N // 2, N - 1, N})
-    fig, axes = plt.subplots(1, len(periods), figsize=(4 * len(periods), 3.2), squeeze=False)
     steps = np.arange(1, N + 1)
-    for ax, m in zip(axes[0], periods):
+
+    def one(ax, m: int) -> None:
         ax.plot(steps, steps / N, color="grey", ls="--", label="TWAP")
         ax.plot(steps, np.cumsum(ev.mean_alloc[:, m, BUY_VWAP, VOLUME]), color="tab:green", label="LEM buy")
         ax.plot(steps, np.cumsum(ev.mean_alloc[:, m, SELL_VWAP, VOLUME]), color="tab:red", label="LEM sell")
-        ax.set_title("Match VWAP" if m == N else f"Min {m + 1} periods")
-        ax.set_xlabel("execution step")
         ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel("cumulative fraction executed")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title} - execution curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+
+    return _panels(N, f"{title} - execution curves", one, path, "execution step", "cumulative fraction executed")

@@ -8,19 +8,34 @@ import sys
 from pathlib import Path
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    os.environ["LEM_PRESET"] = args.preset
+def _setup(preset_name: str):
+    """Preset, definitions and the local instance (DAGSTER_HOME, default ./dagster_home)."""
+    os.environ["LEM_PRESET"] = preset_name
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     import dagster as dg
 
     from lem_pipeline.definitions import build_definitions
     from lem_pipeline.presets import get_preset
+
+    preset = get_preset(preset_name)
+    return preset, build_definitions(preset), dg.DagsterInstance.get(), home
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from lem_pipeline.resources import default_resources
+    from lem_pipeline.results import generate
+
+    preset, defs, instance, _ = _setup(args.preset)
+    generate(defs, instance, preset, default_resources()["lake"], Path(args.out))
+    print(f"lem results: wrote {args.out}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from lem_pipeline.runner import run_partitions
 
-    preset = get_preset(args.preset)
-    defs = build_definitions(preset)
-    instance = dg.DagsterInstance.get()
+    preset, defs, instance, home = _setup(args.preset)
     jobs = [j for j, has in (("crypto_ingest_job", preset.streams), ("equity_ingest_job", preset.tickers)) if has]
     jobs.append("features_job")
     jobs += [j for j, has in (("crypto_training_job", preset.streams), ("equity_training_job", preset.tickers)) if has]
@@ -87,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--preset", default=os.environ.get("LEM_PRESET", "demo"))
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+    res = sub.add_parser("results", help="after `lem run`: retrain equity causal and look-ahead, write RESULTS.md")
+    res.add_argument("--preset", default=os.environ.get("LEM_PRESET", "demo"))
+    res.add_argument("--out", default="RESULTS.md")
+    res.set_defaults(func=_cmd_results)
     sch = sub.add_parser("schedule", help="allocation for the next bar (or a replay) of one order, from a trained model")
     sch.add_argument("--model", required=True, help="checkpoint directory or MLflow run id (LEM_MLFLOW_URI)")
     sch.add_argument("--bars", required=True, help="Parquet of bars (data/bars/...): open_time, volume, quote_volume, vwap")

@@ -24,7 +24,7 @@ class RunSummary:
 
 def run_partitions(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance,
                    partition_keys: Iterable[str] | None = None, progress: bool = True,
-                   log_level: str = "WARNING") -> RunSummary:
+                   log_level: str = "WARNING", run_config: dict | None = None) -> RunSummary:
     job = defs.resolve_job_def(job_name)
     if job.partitions_def is None:
         keys: list[str | None] = [None]
@@ -36,7 +36,8 @@ def run_partitions(defs: dg.Definitions, job_name: str, instance: dg.DagsterInst
     for key in bar:
         bar.set_postfix_str(key or "")
         result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+                                        run_config={**(run_config or {}),
+                                                    "loggers": {"console": {"config": {"log_level": log_level}}}})
         if result.success:
             summary.succeeded.append(key or job_name)
         else:

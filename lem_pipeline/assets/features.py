@@ -110,20 +110,19 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                                               "series": dg.MetadataValue.md(markdown_table(summary)),
                                               "bars": int(summary["bars"].sum()) if rows else 0})
 
-    @dg.asset(deps=[crypto_bars], group_name="features", kinds={"numpy", "parquet"}, check_specs=_checks("crypto_windows"),
-              description="Windows of every symbol and frequency merged, with targets, split by date with purging.")
-    def crypto_windows(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
-        report = build_windows(_read_bars(lake.path / "bars" / "crypto"), preset.crypto_windows,
-                               lake.path / "windows" / "crypto")
-        context.log.info(f"crypto windows: {report.counts}, dropped (bad normaliser): {report.dropped_bad_normaliser}")
-        return _windows_result(report, preset.crypto_windows)
+    def windows_asset(dataset: str, bars_asset: dg.AssetsDefinition, cfg: WindowConfig) -> dg.AssetsDefinition:
+        @dg.asset(name=f"{dataset}_windows", deps=[bars_asset], group_name="features", kinds={"numpy", "parquet"},
+                  check_specs=_checks(f"{dataset}_windows"),
+                  description=f"{dataset.capitalize()} windows of every series merged, with targets, "
+                              "split by date with purging.")
+        def _windows(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
+            report = build_windows(_read_bars(lake.path / "bars" / dataset), cfg, lake.path / "windows" / dataset)
+            context.log.info(f"{dataset} windows: {report.counts}, dropped (bad normaliser): "
+                             f"{report.dropped_bad_normaliser}")
+            return _windows_result(report, cfg)
 
-    @dg.asset(deps=[equity_bars], group_name="features", kinds={"numpy", "parquet"}, check_specs=_checks("equity_windows"),
-              description="Daily windows of every ticker merged, with targets, split by date with purging.")
-    def equity_windows(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
-        report = build_windows(_read_bars(lake.path / "bars" / "equity"), preset.equity_windows,
-                               lake.path / "windows" / "equity")
-        context.log.info(f"equity windows: {report.counts}, dropped (bad normaliser): {report.dropped_bad_normaliser}")
-        return _windows_result(report, preset.equity_windows)
+        return _windows
 
+    crypto_windows = windows_asset("crypto", crypto_bars, preset.crypto_windows)
+    equity_windows = windows_asset("equity", equity_bars, preset.equity_windows)
     return [crypto_bars, equity_bars, crypto_windows, equity_windows]

@@ -80,6 +80,13 @@ def _kline_gaps(df: pl.DataFrame, step_s: int) -> dict:
     return {"missing_bars": int(gaps["missing"].sum() or 0), "gaps": len(gaps), "gap_list": listing}
 
 
+def _bar_checks(asset: str, model: str, gaps: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(VALID_CHECK, asset=asset, blocking=True,
+                              description=f"{model}: positive prices, OHLC order, volumes, strictly increasing time, "
+                                          "VWAP inside [low, high]"),
+            dg.AssetCheckSpec(GAPS_CHECK, asset=asset, description=gaps)]
+
+
 def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     kparts = klines_partitions(preset)
     tparts = ticker_partitions(preset)
@@ -88,11 +95,7 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         partitions_def=kparts,
         group_name="ingest",
         kinds={"polars", "parquet"},
-        check_specs=[
-            dg.AssetCheckSpec(VALID_CHECK, asset="binance_klines", blocking=True,
-                              description="pandera KlineBars: prices, OHLC order, volumes, time order, VWAP in range"),
-            dg.AssetCheckSpec(GAPS_CHECK, asset="binance_klines", description="missing candles inside the month"),
-        ],
+        check_specs=_bar_checks("binance_klines", "pandera KlineBars", "missing candles inside the month"),
         description="Binance Data Vision klines, one Parquet per symbol and month, checksum-verified.",
     )
     def binance_klines(context: AssetExecutionContext, lake: DataLake, binance: BinanceSource):
@@ -143,11 +146,7 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         partitions_def=tparts,
         group_name="ingest",
         kinds={"polars", "parquet"},
-        check_specs=[
-            dg.AssetCheckSpec(VALID_CHECK, asset="yahoo_daily_bars", blocking=True,
-                              description="pandera DailyBars: prices, OHLC order, volumes, date order, VWAP proxy in range"),
-            dg.AssetCheckSpec(GAPS_CHECK, asset="yahoo_daily_bars", description="weekdays without a bar (holidays included)"),
-        ],
+        check_specs=_bar_checks("yahoo_daily_bars", "pandera DailyBars", "weekdays without a bar (holidays included)"),
         description="Yahoo daily bars with Adj Close and quote_volume = volume x adj_close, one Parquet per ticker.",
     )
     def yahoo_daily_bars(context: AssetExecutionContext, lake: DataLake, yahoo: YahooSource):

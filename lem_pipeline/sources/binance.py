@@ -32,18 +32,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://data.binance.vision"
 Market = Literal["spot", "um"]
 
-KLINE_COLUMNS = [
-    "open_time",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trades",
-    "taker_buy_volume",
-    "taker_buy_quote_volume",
-]
 # The 12 columns of a Data Vision kline CSV, in file order.
 _RAW_COLUMNS = [
     "open_time",
@@ -59,6 +47,8 @@ _RAW_COLUMNS = [
     "taker_buy_quote_volume",
     "ignore",
 ]
+# The columns read_klines returns (contract): the file's, less close_time and ignore.
+KLINE_COLUMNS = [c for c in _RAW_COLUMNS if c not in ("close_time", "ignore")]
 _RAW_DTYPES = {
     "open_time": pl.Int64,
     "open": pl.Float64,
