@@ -100,12 +100,13 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
 
 def log_model(model: LargeExecutionModel, data: WindowDataset) -> str:
     """The model at the paper's rate limits as an MLflow PyTorch model (pickle: the forward has
-    Python loops), or, if that fails, its state dict and config as plain artifacts. Returns the
-    URI to load it from."""
+    Python loops). Returns the URI to load it from; if logging fails, the URI of the plain state
+    dict and config, which the caller logs as ``model_state`` in every case."""
     x, _, _ = data[0]
     example = x.unsqueeze(0).numpy()
     try:
-        info = mlflow.pytorch.log_model(FixedRateLEM(model).eval(), name="model", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        info = mlflow.pytorch.log_model(FixedRateLEM(model).eval(), name="model",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                         serialization_format="pickle", input_example=example)
         return info.model_uri
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the plain checkpoint
