@@ -68,6 +68,13 @@ def _checks(asset: str) -> list[dg.AssetCheckSpec]:
                               description="every window's bars lie inside its split (purged boundaries)")]
 
 
+def _bars_result(out_dir: Path, rows: list[dict]) -> dg.MaterializeResult:
+    summary = pl.DataFrame(rows)
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)),
+                                          "series": dg.MetadataValue.md(markdown_table(summary)),
+                                          "bars": int(summary["bars"].sum()) if rows else 0})
+
+
 def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=["binance_klines"], group_name="features", kinds={"polars", "parquet"},
               description="Klines resampled per symbol and frequency on a UTC grid; VWAP; contiguous segments.")
@@ -87,10 +94,7 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                 write_parquet_atomic(bars, out_dir / f"{stream.symbol}_{freq}m.parquet")
                 rows.append({"symbol": stream.symbol, "freq_min": freq, "bars": len(bars),
                              "segments": bars["segment"].n_unique(), "zero_volume_bars": int((bars["volume"] == 0).sum())})
-        summary = pl.DataFrame(rows)
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)),
-                                              "series": dg.MetadataValue.md(markdown_table(summary)),
-                                              "bars": int(summary["bars"].sum()) if rows else 0})
+        return _bars_result(out_dir, rows)
 
     @dg.asset(deps=["yahoo_daily_bars"], group_name="features", kinds={"polars", "parquet"},
               description="Daily bars: VWAP = adjusted close, quote volume = volume x adjusted close.")
@@ -105,10 +109,7 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             bars = daily_bars(pl.read_parquet(src))
             write_parquet_atomic(bars, out_dir / f"{ticker}_1440m.parquet")
             rows.append({"symbol": ticker, "bars": len(bars)})
-        summary = pl.DataFrame(rows)
-        return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)),
-                                              "series": dg.MetadataValue.md(markdown_table(summary)),
-                                              "bars": int(summary["bars"].sum()) if rows else 0})
+        return _bars_result(out_dir, rows)
 
     def windows_asset(dataset: str, bars_asset: dg.AssetsDefinition, cfg: WindowConfig) -> dg.AssetsDefinition:
         @dg.asset(name=f"{dataset}_windows", deps=[bars_asset], group_name="features", kinds={"numpy", "parquet"},
