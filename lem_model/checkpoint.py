@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from lem_model.config import LEMConfig
+from lem_model.fileio import atomic_write
 from lem_model.model import LargeExecutionModel
 
 WEIGHTS = "model.pt"
 CONFIG = "config.json"
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_model(model: LargeExecutionModel, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic(d / CONFIG, lambda p: Path(p).write_text(model.cfg.to_json()))
-    _atomic(d / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
+    atomic_write(d / CONFIG, lambda p: Path(p).write_text(model.cfg.to_json()))
+    atomic_write(d / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
     return d
 
 

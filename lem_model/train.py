@@ -16,7 +16,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
+from lem_model.fileio import atomic_write
 from lem_model.loss import lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics
 from lem_model.model import LargeExecutionModel
@@ -110,16 +110,6 @@ def seed_everything(seed: int) -> None:
 def rates(batch: int, n_ahead: int, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     lo = cfg.min_rate if cfg.min_rate is not None else 1.0 / n_ahead**2
     return torch.full((batch,), lo, device=device), torch.full((batch,), cfg.max_rate, device=device)
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def unwrap(model: torch.nn.Module) -> LargeExecutionModel:
@@ -249,13 +239,14 @@ def train(
             state["bad_epochs"] += 1
         result.history.append({"epoch": epoch, **metrics})
         if dist_info.main:
-            _atomic_save({
+            checkpoint = {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "bad_epochs": state["bad_epochs"], "best_state": state["best_state"],
                 "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 "train_config": asdict(cfg), "model_config": model.cfg.to_json(),
-            }, ckpt_path)
+            }
+            atomic_write(ckpt_path, lambda tmp, c=checkpoint: torch.save(c, tmp))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
         if state["bad_epochs"] >= cfg.early_stop_patience:  # Keras: stop after `patience` epochs without improvement

@@ -38,7 +38,6 @@ def load_trained(source: str) -> tuple[LargeExecutionModel, WindowConfig]:
         return load_model(path), window_config(json.loads((path / WINDOWS_META).read_text()))
     import mlflow
 
-    run = mlflow.get_run(source)
     local = Path(mlflow.artifacts.download_artifacts(run_id=source, artifact_path="model_state"))
     return load_model(local), window_config(json.loads((local / WINDOWS_META).read_text()))
 

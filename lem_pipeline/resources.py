@@ -7,12 +7,13 @@ elsewhere without touching code: ``LEM_DATA_DIR``, ``LEM_BINANCE_URL``, ``LEM_YA
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+
+from lem_model.fileio import atomic_write
 
 from lem_pipeline.sources.binance import DEFAULT_BASE_URL, BinanceDataVision, KlineStream
 from lem_pipeline.sources.yahoo import CsvDirectorySource, DailyBarSource, YFinanceSource
@@ -44,14 +45,7 @@ class DataLake(dg.ConfigurableResource):
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     """Write beside the target and rename: a crash never leaves a half file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
 
 
 class BinanceSource(dg.ConfigurableResource):

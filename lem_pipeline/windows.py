@@ -89,7 +89,7 @@ class SeriesWindows:
 
     symbol: str
     freq_min: int
-    feats: np.ndarray  # (n, 5) float64 per-bar features
+    feats: np.ndarray  # (n, D-2) float32 per-bar features, as they are stored
     vwap: np.ndarray  # (n,)
     volume: np.ndarray  # (n,)
     vol_norm: np.ndarray  # (n,)
@@ -102,7 +102,7 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     """Which execution starts r of this series make valid windows, and in which split."""
     df = bar_features(bars, cfg)
     names = FEATURE_NAMES[cfg.seasonality][:-2]
-    feats = df.select(names).to_numpy().astype(np.float64)
+    feats = df.select(names).to_numpy().astype(np.float32)
     vwap = df["vwap"].to_numpy().astype(np.float64)
     volume = df["volume"].to_numpy().astype(np.float64)
     vol_norm = df["vol_norm"].fill_null(np.nan).to_numpy().astype(np.float64)
@@ -145,7 +145,7 @@ def fill_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig,
     which may be slices of memory-mapped files: each window is gathered once, in place."""
     L, N, T = cfg.lookback, cfg.n_ahead, cfg.seq_len
     first = starts - L
-    feats = s.feats.astype(np.float32)  # per bar: casting before or after the gather is the same
+    feats = s.feats
     rows = np.lib.stride_tricks.as_strided(feats, shape=(len(feats) - T + 1, T, feats.shape[1]),
                                            strides=(feats.strides[0], feats.strides[0], feats.strides[1]),
                                            writeable=False)

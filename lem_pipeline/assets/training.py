@@ -15,7 +15,7 @@ from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.checkpoint import save_model
 from lem_model.data import WindowDataset
 from lem_model.serving import FixedRateLEM
-from lem_model.train import TrainConfig, seed_everything, train
+from lem_model.train import seed_everything, train
 from lem_pipeline.desk import WINDOWS_META
 from lem_pipeline.presets import Preset
 from lem_pipeline.resources import DataLake

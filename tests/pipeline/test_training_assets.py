@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from datetime import date
 
 import dagster as dg
 import matplotlib.image as mpimg
 import mlflow
 import numpy as np
-import polars as pl
 import pytest
 import torch
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import zipfile
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
-import pytest
 
 from lem_pipeline.bars import ResampleConfig, daily_bars, resample_klines
 from lem_pipeline.presets import DOW_30
 from lem_pipeline.sources.binance import KlineStream, read_klines
 from lem_pipeline.sources.yahoo import CsvDirectorySource
-from lem_pipeline.windows import WindowConfig, bar_features, build_windows, plan_series
+from lem_pipeline.windows import WindowConfig, build_windows, plan_series
 from lem_model.data import WindowDataset
 from tests.conftest import BINANCE_MIRROR, YAHOO_DIR
 
