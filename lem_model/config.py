@@ -15,7 +15,7 @@ class LEMConfig:
     last two). The defaults are the paper's configuration (section 3.4).
 
     Switches that default to the reference ``lems`` 0.1.1 behaviour:
-      - ``causal=True`` is our fix (DESIGN.md): step k decides from bars before it. ``False``
+      - ``causal=True`` is our fix (docs/DESIGN.md "Causality"): step k decides from bars before it. ``False``
         reproduces the reference's one-bar look-ahead, kept only to measure what it is worth.
       - ``base_curve_norm="models"``: the reference normalises the base curves over the
         minimum-duration axis; ``"steps"`` normalises each curve over its execution steps.
@@ -61,6 +61,12 @@ class LEMConfig:
         """J = N + 1: one head per minimum duration 1..N, then "match the benchmark"."""
         return self.n_ahead + 1
 
+    @classmethod
+    def for_windows(cls, meta: dict, size: ModelSize, **switches) -> LEMConfig:
+        """The config of a model trained on the windows described by ``meta`` (their meta.json)."""
+        return cls(n_features=len(meta["features"]), lookback=meta["config"]["lookback"],
+                   n_ahead=meta["config"]["n_ahead"], **asdict(size), **switches)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
@@ -74,6 +80,20 @@ class LEMConfig:
         return cls(**data)
 
 
-# The reference's small test configuration and the paper's (section 3.4).
-SMALL = LEMConfig(n_features=7, lookback=30, n_ahead=12, hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)
-PAPER = LEMConfig(n_features=7, lookback=120, n_ahead=12, hidden_size=200, num_embedding=20, num_heads=8, fused_hidden=100)
+@dataclass(frozen=True)
+class ModelSize:
+    """The LEM's widths: what a deployment chooses. Lookback, horizon and feature count are not
+    chosen; they come from the windows the model is trained on (:meth:`LEMConfig.for_windows`)."""
+
+    hidden_size: int = 200
+    num_embedding: int = 20
+    num_heads: int = 8
+    fused_hidden: int = 100
+
+
+PAPER_SIZE = ModelSize()  # the paper's section 3.4
+SMALL_SIZE = ModelSize(hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)  # the reference's test size
+
+# Whole configurations at those sizes, on the reference's windows (7 features, horizon 12).
+SMALL = LEMConfig(n_features=7, lookback=30, n_ahead=12, **asdict(SMALL_SIZE))
+PAPER = LEMConfig(n_features=7, lookback=120, n_ahead=12, **asdict(PAPER_SIZE))

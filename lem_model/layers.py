@@ -1,7 +1,9 @@
-"""Building blocks of the context network and the allocation head (TKAN_SPEC.md section 3-4).
+"""Building blocks of the context network and the allocation head (docs/DESIGN.md "Architecture").
 
-Built bottom-up: GroupedLinear -> Gate -> GRN -> VariableSelection; every Dense has a
-glorot-uniform kernel and a zero bias and every LayerNorm uses eps 1e-3, as in the reference.
+Built bottom-up: GroupedLinear -> Gate -> GateAddNorm -> GRN -> VariableSelection; every Dense
+has a glorot-uniform kernel and a zero bias and every LayerNorm uses eps 1e-3, as in the
+reference. ``groups`` > 0 runs that many independent copies of a layer in one einsum (the
+per-feature GRNs of the variable selection).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lem_model.init import glorot_uniform_, lecun_normal_
-from lem_model.tkan import LN_EPS
+from lem_model.initializers import glorot_uniform_, lecun_normal_
+from lem_model.vocabulary import LN_EPS
 
 
 class GroupedLinear(nn.Module):
@@ -44,7 +46,10 @@ class GroupedLayerNorm(nn.Module):
 
 
 class Gate(nn.Module):
-    """GLU: (x W_a + b_a) * sigmoid(x W_b + b_b), both halves in one matmul."""
+    """GLU: (x W_a + b_a) * sigmoid(x W_b + b_b), both halves in one matmul.
+
+    Written out rather than ``F.glu``: the forward is the same bit for bit, but F.glu's fused
+    backward rounds differently (~1 ulp), which would change every seeded training run."""
 
     def __init__(self, d_in: int, d_out: int, groups: int = 0) -> None:
         super().__init__()
@@ -57,13 +62,21 @@ class Gate(nn.Module):
         return a * torch.sigmoid(b)
 
 
-class AddNorm(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d, eps=LN_EPS)
+class GateAddNorm(nn.Module):
+    """LN(skip + GLU(x)): the gated residual step that ends every GRN and the recurrent block.
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.norm(a + b)
+    ``norm`` defaults to the grouped LayerNorm; the model's recurrent block passes
+    ``nn.LayerNorm`` (the fused kernel), which rounds differently and is kept so seeded runs
+    reproduce.
+    """
+
+    def __init__(self, d_in: int, d_out: int, groups: int = 0, norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.gate = Gate(d_in, d_out, groups)
+        self.norm = norm if norm is not None else GroupedLayerNorm(d_out, groups)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.norm(skip + self.gate(x))
 
 
 class GRN(nn.Module):
@@ -76,12 +89,11 @@ class GRN(nn.Module):
         self.skip = GroupedLinear(d_in, d_out, groups)
         self.hidden_in = GroupedLinear(d_in, hidden, groups)
         self.hidden_out = GroupedLinear(hidden, hidden, groups)
-        self.gate = Gate(hidden, d_out, groups)
-        self.norm = GroupedLayerNorm(d_out, groups)
+        self.gate_norm = GateAddNorm(hidden, d_out, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eta = self.hidden_out(F.elu(self.hidden_in(x)))
-        return self.norm(self.skip(x) + self.gate(eta))
+        return self.gate_norm(eta, skip=self.skip(x))
 
 
 class FeatureEmbedding(nn.Module):

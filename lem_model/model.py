@@ -1,9 +1,8 @@
 """LargeExecutionModel: a shared causal context network, then one allocator per execution step.
 
-Shapes (DESIGN.md): x (B, L+N-1, D) with the normalised VWAP in x[..., -2] and the normalised
-volume in x[..., -1]; rates (B,) or (B, 1). Output alloc (B, N, N+1, 4, 2): step, minimum
-duration model (N+1 = match the benchmark), order kind [buy-VWAP, buy-TWAP, sell-VWAP,
-sell-TWAP], target [volume, notional]. Allocations are >= 0 and sum to 1 over the steps.
+Shapes (docs/DESIGN.md): x (B, L+N-1, D) with the normalised VWAP in x[..., -2] and the
+normalised volume in x[..., -1]; rates (B,) or (B, 1). Output alloc (B, N, N+1, 4, 2), whose axes
+lem_model.vocabulary names. Allocations are >= 0 and sum to 1 over the steps.
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ from torch import nn
 
 from lem_model.allocation import allocate_step
 from lem_model.config import LEMConfig
-from lem_model.layers import GRN, AddNorm, CausalSelfAttention, FeatureEmbedding, FusedMLP, Gate, VariableSelection
+from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
 from lem_model.tkan import TKAN
-
-EPS = 1e-7  # keras.backend.epsilon(), used wherever the reference divides
-N_KINDS = 4  # buy-VWAP, buy-TWAP, sell-VWAP, sell-TWAP
+from lem_model.vocabulary import EPS, KIND_BENCHMARKS, LN_EPS, N_KINDS
 
 
 class LargeExecutionModel(nn.Module):
@@ -29,8 +26,7 @@ class LargeExecutionModel(nn.Module):
         self.embedding = FeatureEmbedding(D, E)
         self.selection = VariableSelection(D, E, H)
         self.rnn = nn.ModuleList([TKAN(H, H) for _ in range(cfg.rnn_layers)])
-        self.rnn_gate = Gate(H, H)
-        self.rnn_addnorm = AddNorm(H)
+        self.rnn_gate_norm = GateAddNorm(H, H, norm=nn.LayerNorm(H, eps=LN_EPS))
         self.enrich = GRN(H, H, H)
         self.attention = CausalSelfAttention(H, cfg.num_heads)
         # Execution head: step s sees the context row, that row's inputs, 4 histories of 4 kinds
@@ -58,7 +54,7 @@ class LargeExecutionModel(nn.Module):
         h = xi
         for layer in self.rnn:
             h = layer(h)
-        ctx = self.rnn_addnorm(self.rnn_gate(h), xi)
+        ctx = self.rnn_gate_norm(h, skip=xi)
         return self.attention(self.enrich(ctx)), S, weights
 
     # -- execution head ------------------------------------------------------------------------
@@ -86,7 +82,7 @@ class LargeExecutionModel(nn.Module):
         r_min = min_rate.view(B, 1, 1)
         r_max = max_rate.view(B, 1, 1)
         gamma = self.scale_factor.view(1, J, 1)
-        kinds = torch.tensor([0, 1, 0, 1], device=x.device)  # VWAP/TWAP column of the base curves
+        kinds = torch.tensor(KIND_BENCHMARKS, device=x.device)  # VWAP/TWAP column of the base curves, per kind
         done_v = x.new_zeros(B, J, N_KINDS)
         done_n = x.new_zeros(B, J, N_KINDS)
         notional_v = x.new_zeros(B, J, N_KINDS)  # VTO: notional executed so far

@@ -1,13 +1,15 @@
-"""An execution order, and where it sits in the model's output."""
+"""An execution order as a desk states it, and where it sits in the model's output."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-SIDES = ("buy", "sell")
-BENCHMARKS = ("vwap", "twap")
-TARGETS = ("volume", "notional")
+from lem_model.vocabulary import Benchmark, OrderKind, Side, Target
+
+SIDES = tuple(s.name.lower() for s in Side)
+BENCHMARKS = tuple(b.name.lower() for b in Benchmark)
+TARGETS = tuple(t.name.lower() for t in Target)
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,16 @@ class Order:
         if not 0.0 <= self.min_rate <= self.max_rate:
             raise ValueError(f"rates must satisfy 0 <= min_rate <= max_rate, got {self.min_rate}, {self.max_rate}")
 
-    def index(self, n_ahead: int) -> tuple[int, int, int]:
-        """(model j, kind c, target k) in the output (B, N, N+1, 4, 2)."""
+    @property
+    def kind(self) -> OrderKind:
+        return OrderKind.of(Side[self.side.upper()], Benchmark[self.benchmark.upper()])
+
+    def index(self, n_ahead: int) -> tuple[int, OrderKind, Target]:
+        """(model j, kind, target): where this order's schedule sits in the output (B, N, N+1, 4, 2)."""
         if self.min_duration is None:
-            j = n_ahead
+            j = n_ahead  # the "match the benchmark" model
         elif 1 <= self.min_duration <= n_ahead:
             j = self.min_duration - 1
         else:
             raise ValueError(f"min_duration must be 1..{n_ahead} or None, got {self.min_duration}")
-        c = 2 * SIDES.index(self.side) + BENCHMARKS.index(self.benchmark)
-        return j, c, TARGETS.index(self.target)
+        return j, self.kind, Target[self.target.upper()]

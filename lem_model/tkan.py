@@ -1,4 +1,4 @@
-"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, as TKAN_SPEC.md sections 1-2."""
+"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, as docs/DESIGN.md "TKAN" describes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lem_model.init import glorot_uniform_, orthogonal_
-
-LN_EPS = 1e-3  # Keras LayerNormalization's epsilon (PyTorch's default is 1e-5)
+from lem_model.initializers import glorot_uniform_, orthogonal_
+from lem_model.vocabulary import LN_EPS
 GRID_SIZE = 3
 SPLINE_ORDER = 3
 GRID_RANGE = (-1.0, 1.0)
@@ -60,7 +59,7 @@ class TKAN(nn.Module):
     """One TKAN layer with a single sub-KAN, returning the whole sequence of h_t.
 
     Computes the candidate as tanh(sigmoid(.)): that is what the reference runs on the torch and
-    jax backends (TKAN_SPEC.md section 2), not the paper's eq. 18.
+    jax backends (docs/DESIGN.md "TKAN"), not the paper's eq. 18.
     """
 
     def __init__(self, d_in: int, units: int) -> None:

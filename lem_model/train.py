@@ -2,15 +2,14 @@
 validation loss (patience 2, best weights restored), LR reduced on plateau (patience 1),
 trading rates in [1/N^2, 1].
 
-Data-parallel under ``torchrun`` (DDP with a DistributedSampler; rank 0 logs and checkpoints).
-Every epoch ends with a checkpoint holding everything needed to resume exactly: model,
-optimiser, scheduler, early-stopping state, best weights and RNG states. The shuffle order is a
-function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+Data-parallel under ``torchrun`` (DDP with a DistributedSampler; rank 0 logs and saves). Every
+epoch ends by saving the training state (lem_model.training_state), so a run resumes exactly.
+The shuffle order is a function of (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -26,12 +25,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
-from lem_model.fileio import atomic_write
+from lem_model.devices import autocast, resolve_device
 from lem_model.loss import lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics
 from lem_model.model import LargeExecutionModel
-
-CHECKPOINT = "last.pt"
+from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class TrainConfig:
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training met a NaN or inf loss; the last good checkpoint is kept untouched."""
+    """Training met a NaN or inf loss; the last good training state is kept untouched."""
 
 
 @dataclass
@@ -63,6 +61,42 @@ class TrainResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     device: str = "cpu"
+
+
+class EarlyStopping:
+    """Keras EarlyStopping(patience, restore_best_weights=True): stop after ``patience`` epochs
+    without a strictly lower validation loss, and hand back the best epoch's weights."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_val_loss = math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, val_loss: float, model: torch.nn.Module) -> None:
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def restore_best(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"bad_epochs": self.bad_epochs, "best_state": self.best_state, "best_epoch": self.best_epoch,
+                "best_val_loss": self.best_val_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+        self.best_epoch, self.best_val_loss = state["best_epoch"], state["best_val_loss"]
 
 
 @dataclass
@@ -86,21 +120,6 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; float32 on the CPU (bf16 matmuls are slower than fp32 there)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -115,6 +134,48 @@ def rates(batch: int, n_ahead: int, cfg: TrainConfig, device: torch.device) -> t
 def unwrap(model: torch.nn.Module) -> LargeExecutionModel:
     """The plain module behind a DDP wrapper."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _train_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, dist_info: _Dist) -> DataLoader:
+    if dist_info.world > 1:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:  # the order depends on (seed, epoch) only, so a resumed run sees the same batches
+        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
+
+
+def train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                epoch: int, device: torch.device, dist_info: _Dist, state_path: Path) -> float:
+    """One pass over the training windows; returns the mean loss over every rank's samples."""
+    model = unwrap(net)
+    n_ahead = model.cfg.n_ahead
+    net.train()
+    seen, loss_sum = 0, 0.0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
+               disable=not (cfg.progress and dist_info.main))
+    for b, (x, vol, px) in enumerate(bar):
+        x, vol, px = x.to(device), vol.to(device), px.to(device)
+        lo, hi = rates(len(x), n_ahead, cfg, device)
+        with autocast(device):
+            alloc = net(x, lo, hi)
+        loss = lem_loss(alloc.float(), vol, px, cfg.loss_alpha)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b}; training stopped. "
+                f"The last good checkpoint is {state_path if state_path.exists() else 'none (first epoch)'}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        model.project_constraints()
+        seen += len(x)
+        loss_sum += loss.item() * len(x)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    total = torch.tensor([loss_sum, seen], dtype=torch.float64)
+    if dist_info.world > 1:
+        dist.all_reduce(total)
+    return float(total[0] / total[1])
 
 
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
@@ -147,7 +208,7 @@ def train(
     train_set: Dataset,
     val_set: Dataset,
     cfg: TrainConfig,
-    checkpoint_dir: str | Path,
+    state_dir: str | Path,
     *,
     resume: bool = True,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
@@ -155,16 +216,18 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place; it ends holding the best validation weights.
 
-    ``on_epoch_end(epoch, metrics)`` runs on rank 0 only (MLflow logging lives there, outside
-    this package). ``stop_after_epochs`` ends this call early, as a crash would, for resume tests.
+    The training state goes to ``state_dir``/training_state.pt after every epoch and, with
+    ``resume``, a run starts from the one it finds there. ``on_epoch_end(epoch, metrics)`` runs
+    on rank 0 only (MLflow logging lives there, outside this package). ``stop_after_epochs``
+    ends this call early, as a crash would, for resume tests.
     """
     if len(val_set) == 0 or len(train_set) == 0:
         raise ValueError(f"training needs windows in both splits: {len(train_set)} train, {len(val_set)} validation")
     device = resolve_device(cfg.device)
     dist_info = _init_distributed(device)
-    ckpt_dir = Path(checkpoint_dir)
+    state_path = Path(state_dir) / TRAINING_STATE
     if dist_info.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     model.to(device)
     if cfg.compile_recurrence:
@@ -172,88 +235,51 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience)
+    stopper = EarlyStopping(cfg.early_stop_patience)
     result = TrainResult(device=str(device))
-    state = {"epoch": -1, "bad_epochs": 0, "best_state": None}
-    ckpt_path = ckpt_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=False)
+    first_epoch = 0
+    if resume and state_path.exists():
+        saved = load_training_state(state_path, map_location=device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = {"epoch": saved["epoch"], "bad_epochs": saved["bad_epochs"], "best_state": saved["best_state"]}
-        result.history, result.best_epoch, result.best_val_loss = saved["history"], saved["best_epoch"], saved["best_val_loss"]
-        torch.set_rng_state(saved["rng"]["torch"])
-        np.random.set_state(saved["rng"]["numpy"])
-        random.setstate(saved["rng"]["python"])
+        stopper.load_state_dict(saved["early_stopping"])
+        result.history = saved["history"]
+        set_rng_state(saved["rng"])
+        first_epoch = saved["epoch"] + 1
     net: torch.nn.Module = model
     if dist_info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     val_sampler = DistributedSampler(val_set, shuffle=False) if dist_info.world > 1 else SequentialSampler(val_set)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler)
-    n_ahead = model.cfg.n_ahead
-    first_epoch = state["epoch"] + 1
+
     for epoch in range(first_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - first_epoch >= stop_after_epochs:
-            return result
-        if dist_info.world > 1:
-            sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        else:  # the order depends on (seed, epoch) only, so a resumed run sees the same batches
-            sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
-        net.train()
-        seen, loss_sum = 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
-                   disable=not (cfg.progress and dist_info.main))
-        for b, (x, vol, px) in enumerate(bar):
-            x, vol, px = x.to(device), vol.to(device), px.to(device)
-            lo, hi = rates(len(x), n_ahead, cfg, device)
-            with autocast(device):
-                alloc = net(x, lo, hi)
-            loss = lem_loss(alloc.float(), vol, px, cfg.loss_alpha)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b}; training stopped. "
-                    f"The last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none (first epoch)'}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            model.project_constraints()
-            seen += len(x)
-            loss_sum += loss.item() * len(x)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        train_loss = torch.tensor([loss_sum, seen], dtype=torch.float64)
-        if dist_info.world > 1:
-            dist.all_reduce(train_loss)
-        metrics = {"loss": float(train_loss[0] / train_loss[1]), **evaluate_loss(net, val_loader, cfg, device, dist_info),
+            return _finish(result, stopper)  # as a crash would: the best weights are not restored
+        loss = train_epoch(net, _train_loader(train_set, cfg, epoch, dist_info), optimizer, cfg, epoch, device,
+                           dist_info, state_path)
+        metrics = {"loss": loss, **evaluate_loss(net, val_loader, cfg, device, dist_info),
                    "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step(metrics["val_loss"])
-        improved = metrics["val_loss"] < result.best_val_loss
-        if improved:
-            result.best_val_loss, result.best_epoch = metrics["val_loss"], epoch
-            state["best_state"] = copy.deepcopy(model.state_dict())
-            state["bad_epochs"] = 0
-        else:
-            state["bad_epochs"] += 1
+        stopper.update(epoch, metrics["val_loss"], model)
         result.history.append({"epoch": epoch, **metrics})
         if dist_info.main:
-            checkpoint = {
+            save_training_state(state_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "bad_epochs": state["bad_epochs"], "best_state": state["best_state"],
-                "history": result.history, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                "train_config": asdict(cfg), "model_config": model.cfg.to_json(),
-            }
-            atomic_write(ckpt_path, lambda tmp, c=checkpoint: torch.save(c, tmp))
+                "scheduler": scheduler.state_dict(), "early_stopping": stopper.state_dict(),
+                "history": result.history, "rng": rng_state(), "train_config": asdict(cfg),
+                "model_config": model.cfg.to_json()})
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
-        if state["bad_epochs"] >= cfg.early_stop_patience:  # Keras: stop after `patience` epochs without improvement
+        if stopper.should_stop:
             result.stopped_early = True
             break
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])  # restore the best validation weights
+    stopper.restore_best(model)
     if dist_info.world > 1:
         dist.barrier()
+    return _finish(result, stopper)
+
+
+def _finish(result: TrainResult, stopper: EarlyStopping) -> TrainResult:
+    result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best_val_loss
     return result

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import polars as pl
 
+DAILY_MINUTES = 1440  # the freq_min of daily bars
 BAR_COLUMNS = ["symbol", "freq_min", "open_time", "volume", "quote_volume", "vwap", "segment"]
 
 
@@ -77,7 +78,7 @@ def daily_bars(daily: pl.DataFrame) -> pl.DataFrame:
     Trading days form one segment per ticker (weekends and holidays are not holes)."""
     return daily.sort("date").select(
         pl.col("ticker").alias("symbol"),
-        pl.lit(1440, pl.Int32).alias("freq_min"),
+        pl.lit(DAILY_MINUTES, pl.Int32).alias("freq_min"),
         pl.col("date").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("open_time"),
         pl.col("volume"),
         pl.col("quote_volume"),

@@ -10,10 +10,13 @@ import os
 from dataclasses import dataclass
 from datetime import date
 
+from lem_model.config import PAPER_SIZE, SMALL_SIZE, ModelSize
 from lem_model.train import TrainConfig
+from lem_pipeline import settings
 from lem_pipeline.sources.binance import KlineStream
 from lem_pipeline.windows import WindowConfig
 
+DATASETS = ("crypto", "equity")  # each has its own bars, windows, model and evaluation
 DOW_30 = ("AMZN", "CVX", "UNH", "AMGN", "VZ", "AAPL", "AXP", "GS", "SHW", "JNJ", "MCD", "CSCO", "IBM", "WMT",
           "PG", "NKE", "TRV", "HON", "MMM", "MSFT", "JPM", "HD", "KO", "DIS", "BA", "CAT", "NVDA", "MRK", "CRM", "V")
 PAPER_CRYPTO_PAIRS = ("ETHBTC", "BNBBTC", "BTCUSDT", "ETHUSDT", "LTCBTC", "BNBUSDT", "XRPBTC", "LTCUSDT",
@@ -21,18 +24,6 @@ PAPER_CRYPTO_PAIRS = ("ETHBTC", "BNBBTC", "BTCUSDT", "ETHUSDT", "LTCBTC", "BNBUS
                       "ETCUSDT", "VETUSDT", "ONTUSDT", "IOTAUSDT")
 
 
-@dataclass(frozen=True)
-class ModelSize:
-    """The LEM's widths; lookback, horizon and feature count come from the windows."""
-
-    hidden_size: int = 200
-    num_embedding: int = 20
-    num_heads: int = 8
-    fused_hidden: int = 100
-
-
-PAPER_SIZE = ModelSize()
-SMALL_SIZE = ModelSize(hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)
 PAPER_TRAINING = TrainConfig(epochs=100, batch_size=256, lr=1e-5)
 
 
@@ -114,7 +105,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str | None = None) -> Preset:
-    name = name or os.environ.get("LEM_PRESET", "demo")
+    name = name or os.environ.get(settings.PRESET, "demo")
     try:
         return PRESETS[name]
     except KeyError:

@@ -1,51 +1,22 @@
-"""Dagster resources: where data lives and where it comes from.
+"""Dagster resources: where the market data comes from, where everything is written
+(lem_pipeline.lake) and where runs are tracked (lem_pipeline.tracking).
 
-Each has a local default and an environment variable, so tests and the offline demo point them
-elsewhere without touching code: ``LEM_DATA_DIR``, ``LEM_BINANCE_URL``, ``LEM_YAHOO_DIR``.
+Each setting is an environment variable read through ``dg.EnvVar`` (lem_pipeline.settings has
+the names and the embedded defaults), so tests and the offline demo point the pipeline
+elsewhere without touching code.
 """
 
 from __future__ import annotations
 
-import os
-from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 
-from lem_model.fileio import atomic_write
-
-from lem_pipeline.sources.binance import DEFAULT_BASE_URL, BinanceDataVision, KlineStream
+from lem_pipeline import settings
+from lem_pipeline.lake import DataLake
+from lem_pipeline.sources.binance import DEFAULT_BASE_URL, BinanceDataVision
 from lem_pipeline.sources.yahoo import CsvDirectorySource, DailyBarSource, YFinanceSource
-
-
-class DataLake(dg.ConfigurableResource):
-    """The one data directory: raw archives, Parquet bars, windows. Paths are absolute because
-    Dagster steps may run in other working directories."""
-
-    root: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.root)
-
-    def archive_dir(self) -> Path:
-        return self.path / "raw" / "binance"
-
-    def klines_file(self, stream: KlineStream, month: date) -> Path:
-        return self.path / "klines" / stream.market / stream.interval / stream.symbol / f"{month:%Y-%m}.parquet"
-
-    def klines_files(self, stream: KlineStream) -> list[Path]:
-        folder = self.path / "klines" / stream.market / stream.interval / stream.symbol
-        return sorted(folder.glob("*.parquet"))
-
-    def daily_file(self, ticker: str) -> Path:
-        return self.path / "yahoo" / f"{ticker}.parquet"
-
-
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
-    """Write beside the target and rename: a crash never leaves a half file under the real name."""
-    atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))
+from lem_pipeline.tracking import MLflowTracking
 
 
 class BinanceSource(dg.ConfigurableResource):
@@ -65,7 +36,7 @@ class BinanceSource(dg.ConfigurableResource):
 class YahooSource(dg.ConfigurableResource):
     """Yahoo daily bars: ``yfinance`` unless ``csv_dir`` names a folder of Yahoo-layout CSVs."""
 
-    csv_dir: str | None = None
+    csv_dir: str = ""
     max_retries: int = 3
 
     def source(self) -> DailyBarSource:
@@ -75,13 +46,12 @@ class YahooSource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from the environment, with local embedded defaults."""
-    yahoo_dir = os.environ.get("LEM_YAHOO_DIR")
-    from lem_pipeline.tracking import default_tracking
-
+    """The resources of the code location, each setting bound to its environment variable."""
+    settings.apply_defaults()
     return {
-        "mlflow": default_tracking(),
-        "lake": DataLake(root=str(Path(os.environ.get("LEM_DATA_DIR", "data")).resolve())),
-        "binance": BinanceSource(base_url=os.environ.get("LEM_BINANCE_URL", DEFAULT_BASE_URL)),
-        "yahoo": YahooSource(csv_dir=str(Path(yahoo_dir).resolve()) if yahoo_dir else None),
+        "mlflow": MLflowTracking(tracking_uri=dg.EnvVar(settings.MLFLOW_URI),
+                                 artifact_root=dg.EnvVar(settings.MLFLOW_ARTIFACTS)),
+        "lake": DataLake(root=dg.EnvVar(settings.DATA_DIR)),
+        "binance": BinanceSource(base_url=dg.EnvVar(settings.BINANCE_URL)),
+        "yahoo": YahooSource(csv_dir=dg.EnvVar(settings.YAHOO_DIR)),
     }

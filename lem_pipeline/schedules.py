@@ -13,6 +13,7 @@ from datetime import date, datetime, timezone
 
 import dagster as dg
 
+from lem_pipeline.partitions import klines_partitions
 from lem_pipeline.presets import Preset
 
 REFRESH_TAG = "lem/refresh"
@@ -26,11 +27,10 @@ def closed_month(at: datetime) -> date:
     return date(first.year - (first.month == 1), (first.month - 2) % 12 + 1, 1)
 
 
-def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime,
-                    partitions_def: dg.MultiPartitionsDefinition) -> list[dg.RunRequest]:
+def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) -> list[dg.RunRequest]:
     month = closed_month(at)
     month_key = month.strftime("%Y-%m-%d")
-    if month_key not in partitions_def.get_partitions_def_for_dimension("month").get_partition_keys(
+    if month_key not in klines_partitions(preset).get_partitions_def_for_dimension("month").get_partition_keys(
             current_time=at):
         return []
     done = instance.get_materialized_partitions(dg.AssetKey("binance_klines"))
@@ -45,13 +45,13 @@ def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime,
 
 
 def build_schedules(preset: Preset, crypto_ingest: dg.UnresolvedAssetJobDefinition,
-                    equity_ingest: dg.UnresolvedAssetJobDefinition, retrain: dg.UnresolvedAssetJobDefinition,
-                    klines_partitions: dg.MultiPartitionsDefinition) -> tuple[list, list]:
+                    equity_ingest: dg.UnresolvedAssetJobDefinition, retrain: dg.UnresolvedAssetJobDefinition
+                    ) -> tuple[list, list]:
     @dg.schedule(name="monthly_klines_refresh", cron_schedule=REFRESH_CRON, execution_timezone="UTC",
                  job=crypto_ingest, description="Request the month just published for every configured symbol.")
     def monthly_klines_refresh(context: dg.ScheduleEvaluationContext):
         at = context.scheduled_execution_time or datetime.now(timezone.utc)
-        requests = klines_requests(preset, context.instance, at, klines_partitions)
+        requests = klines_requests(preset, context.instance, at)
         return requests or dg.SkipReason(f"nothing new for {closed_month(at):%Y-%m}: materialised or outside the preset")
 
     @dg.schedule(name="monthly_yahoo_refresh", cron_schedule=REFRESH_CRON, execution_timezone="UTC",

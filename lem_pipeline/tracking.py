@@ -11,6 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from lem_pipeline import settings
+
 
 def git_commit() -> str:
     try:
@@ -55,8 +57,8 @@ class MLflowTracking(dg.ConfigurableResource):
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
-
-def default_tracking() -> MLflowTracking:
-    root = Path(os.environ.get("LEM_MLFLOW_DIR", "mlruns")).resolve()
-    return MLflowTracking(tracking_uri=os.environ.get("LEM_MLFLOW_URI", f"sqlite:///{root / 'mlflow.db'}"),
-                          artifact_root=str(root / "artifacts"))
+    @classmethod
+    def from_environment(cls) -> MLflowTracking:
+        """The same store outside Dagster (torchrun, the CLI), from the environment now."""
+        settings.apply_defaults()
+        return cls(tracking_uri=os.environ[settings.MLFLOW_URI], artifact_root=os.environ[settings.MLFLOW_ARTIFACTS])

@@ -1,4 +1,4 @@
-"""Features, windows, targets and time splits (paper section 3; DESIGN.md "Windows").
+"""Features, windows, targets and time splits (paper section 3; docs/DESIGN.md "Windows").
 
 For a window whose execution starts at bar r (lookback L, horizon N):
   x        rows r-L .. r+N-2: features, then VWAP / VWAP[r-L] and volume / s, s = the normaliser
@@ -16,9 +16,6 @@ loop per window. Arrays are written straight into memory-mapped ``.npy`` files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
@@ -28,7 +25,10 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-SPLITS = ("train", "val", "test")
+from lem_model.fileio import replaced_dir
+from lem_model.window_dataset import SPLITS, array_file, meta_file
+
+INDEX_FILE = "index.parquet"  # one row per window: split, row, symbol, freq_min, times
 # Index columns: the window's first bar (r-L), its execution start (r) and its last bar (r+N-1).
 TIME_COLUMNS = ["first_time", "start_time", "end_time"]
 Seasonality = Literal["intraday", "daily"]
@@ -51,6 +51,14 @@ class WindowConfig:
     @property
     def seq_len(self) -> int:
         return self.lookback + self.n_ahead - 1
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> WindowConfig:
+        """The config a windows directory was built with (its meta.json, see :func:`read_meta`)."""
+        c = dict(meta["config"])
+        for k in ("val_start", "test_start"):
+            c[k] = date.fromisoformat(c[k])
+        return cls(**c)
 
     @property
     def n_features(self) -> int:
@@ -182,15 +190,13 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
     replaced whole: a crash leaves the previous complete set."""
     directory = Path(directory)
     plans = [plan_series(b, cfg) for b in series if len(b)]
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replaced_dir(directory) as tmp:
         index_parts = []
         counts = {}
         for split in SPLITS:
             total = sum(len(p.starts[split]) for p in plans)
             counts[split] = total
-            mm = {name: np.lib.format.open_memmap(tmp / f"{split}_{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+            mm = {name: np.lib.format.open_memmap(array_file(tmp, split, name), mode="w+", dtype=np.float32, shape=shape)
                   for name, shape in (("x", (total, cfg.seq_len, cfg.n_features)), ("volumes", (total, cfg.n_ahead)),
                                       ("prices", (total, cfg.n_ahead)))}
             row = 0
@@ -210,26 +216,24 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
         index = (pl.concat(index_parts) if index_parts else pl.DataFrame(
             schema={"split": pl.String, "row": pl.Int64, "symbol": pl.String, "freq_min": pl.Int64}
             | {c: pl.Datetime("us", "UTC") for c in TIME_COLUMNS}))
-        index.write_parquet(tmp / "index.parquet")
+        index.write_parquet(tmp / INDEX_FILE)
         dropped = sum(p.dropped_bad_normaliser for p in plans)
         meta = {"config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()},
                 "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "dropped_bad_normaliser": dropped,
                 "built_at": datetime.now(timezone.utc).isoformat()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        meta_file(tmp).write_text(json.dumps(meta, indent=2))
     per_group = (index.group_by("split", "symbol", "freq_min").agg(pl.len().alias("windows"))
                  .sort("split", "symbol", "freq_min"))
     return BuildReport(counts, per_group, dropped, directory)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def read_meta(path: str | Path) -> dict:
+    """A windows directory's meta.json (or a copy of it, given as a file)."""
+    path = Path(path)
+    return json.loads((meta_file(path) if path.is_dir() else path).read_text())
+
+
+def read_index(directory: str | Path, split: str | None = None) -> pl.DataFrame:
+    """The windows index, or one split's rows of it in row order."""
+    index = pl.read_parquet(Path(directory) / INDEX_FILE)
+    return index if split is None else index.filter(pl.col("split") == split).sort("row")

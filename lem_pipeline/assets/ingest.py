@@ -5,40 +5,23 @@ blocking check (the frame is already in memory), so a partition that fails it st
 downstream and the check's metadata names the failing rows.
 """
 
-
 from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
-from dagster import AssetExecutionContext
 import polars as pl
+from dagster import AssetExecutionContext
 
+from lem_pipeline.lake import DataLake, write_parquet_atomic
+from lem_pipeline.partitions import klines_partitions, next_month, ticker_partitions
 from lem_pipeline.presets import Preset
-from lem_pipeline.resources import BinanceSource, DataLake, YahooSource, write_parquet_atomic
+from lem_pipeline.reporting import markdown
+from lem_pipeline.resources import BinanceSource, YahooSource
 from lem_pipeline.schemas import DailyBars, KlineBars, describe_failures, table_schema, validate
 from lem_pipeline.sources.binance import MonthFiles, interval_seconds, read_month
-from lem_pipeline.tables import markdown_table
 
 VALID_CHECK = "valid_bars"
 GAPS_CHECK = "no_gaps"
 _FAILURE_ROWS_IN_METADATA = 50
-
-
-def klines_partitions(preset: Preset) -> dg.MultiPartitionsDefinition:
-    last = preset.crypto_last_month
-    months = dg.MonthlyPartitionsDefinition(
-        start_date=preset.crypto_first_month.strftime("%Y-%m-%d"),
-        end_date=(_next_month(last).strftime("%Y-%m-%d") if last else None),
-    )
-    symbols = dg.StaticPartitionsDefinition([s.symbol for s in preset.streams] or ["NONE"])
-    return dg.MultiPartitionsDefinition({"symbol": symbols, "month": months})
-
-
-def ticker_partitions(preset: Preset) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(list(preset.tickers) or ["NONE"])
-
-
-def _next_month(d: date) -> date:
-    return date(d.year + d.month // 12, d.month % 12 + 1, 1)
 
 
 def _check_results(model, df: pl.DataFrame, gaps: dict, what: str) -> tuple[list[dg.AssetCheckResult], str | None]:
@@ -56,7 +39,7 @@ def _check_results(model, df: pl.DataFrame, gaps: dict, what: str) -> tuple[list
             description=error[:2000],
             metadata={
                 "failures": len(failures),
-                "failing_rows": dg.MetadataValue.md(markdown_table(shown)),
+                "failing_rows": dg.MetadataValue.md(markdown(shown)),
                 "first_failing_row": int(failures["index"][0]) if failures["index"][0] is not None else -1,
             },
         )
@@ -76,7 +59,7 @@ def _kline_gaps(df: pl.DataFrame, step_s: int) -> dict:
     step = pl.col("open_time").diff().dt.total_seconds()
     gaps = df.select(pl.col("open_time").shift(1).alias("after"), (step // step_s - 1).alias("missing")).filter(
         pl.col("missing") > 0)
-    listing = "none" if gaps.is_empty() else markdown_table(gaps.sort("missing", descending=True).head(10))
+    listing = "none" if gaps.is_empty() else markdown(gaps.sort("missing", descending=True).head(10))
     return {"missing_bars": int(gaps["missing"].sum() or 0), "gaps": len(gaps), "gap_list": listing}
 
 
@@ -119,7 +102,7 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         else:
             write_parquet_atomic(df, out)
         step = timedelta(seconds=interval_seconds(stream.interval))
-        month_end = datetime.combine(_next_month(month), datetime.min.time(), timezone.utc)
+        month_end = datetime.combine(next_month(month), datetime.min.time(), timezone.utc)
         month_start = datetime.combine(month, datetime.min.time(), timezone.utc)
         expected = int((month_end - month_start) / step)
         return dg.MaterializeResult(
@@ -185,5 +168,5 @@ def _weekday_gaps(df: pl.DataFrame) -> dict:
     all_days = pl.date_range(df["date"].min(), df["date"].max(), "1d", eager=True).alias("date")
     weekdays = all_days.filter(all_days.dt.weekday() <= 5)
     missing = weekdays.to_frame().join(df.select("date"), on="date", how="anti")
-    listing = "none" if missing.is_empty() else markdown_table(missing.head(10))
+    listing = "none" if missing.is_empty() else markdown(missing.head(10))
     return {"missing_bars": len(missing), "gaps": len(missing), "gap_list": listing}

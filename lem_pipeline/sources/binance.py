@@ -12,9 +12,7 @@ import calendar
 import hashlib
 import io
 import logging
-import os
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -26,6 +24,8 @@ from urllib.parse import unquote, urlparse
 
 import polars as pl
 import requests
+
+from lem_model.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,12 @@ class MonthFiles:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class _NotListed(Exception):
+    """The archive answered 404: Data Vision does not have it."""
 
 
 def _check_archive(path: Path, url: str) -> None:
@@ -266,25 +267,26 @@ class BinanceDataVision:
                 return FetchResult(url, "cached", final, recorded)
         expected = self._expected_sha256(rel_path)
         if final.is_file() and expected is not None and _sha256(final) == expected:
-            _atomic_write_text(checksum_file, f"{expected}  {final.name}")
+            atomic_write_text(checksum_file, f"{expected}  {final.name}")
             return FetchResult(url, "cached", final, expected)
 
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            if self._get(rel_path, tmp) is None:
-                return FetchResult(url, "not_listed")
-            actual = _sha256(tmp)
+        actual = ""
+
+        def download_verified(tmp: str) -> None:
+            nonlocal actual
+            if self._get(rel_path, Path(tmp)) is None:
+                raise _NotListed
+            actual = _sha256(Path(tmp))
             if expected is not None and actual != expected:
                 raise DataVisionError(f"{url}: sha256 {actual} does not match .CHECKSUM {expected}; refused")
-            _check_archive(tmp, url)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+            _check_archive(Path(tmp), url)
+
+        try:
+            atomic_write(final, download_verified)
+        except _NotListed:
+            return FetchResult(url, "not_listed")
         if expected is not None:
-            _atomic_write_text(checksum_file, f"{expected}  {final.name}")
+            atomic_write_text(checksum_file, f"{expected}  {final.name}")
         return FetchResult(url, "downloaded", final, actual)
 
     # -- one month of one stream ----------------------------------------------------------
@@ -303,13 +305,6 @@ class BinanceDataVision:
             for d in range(1, last_day + 1):
                 out.results.append(self.fetch(stream.daily_path(month.replace(day=d))))
         return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _read_csv_bytes(data: bytes, source: str) -> pl.DataFrame:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
-from lem_model.checkpoint import load_model, save_model
+from lem_model.saved_model import load_model, save_model
 from lem_model.orders import Order
 from lem_model.policy import LivePolicy
 

@@ -1,7 +1,9 @@
-"""The trainer on real windows: resume, the NaN guard, and 2-process DDP under torchrun."""
+"""The trainer on real windows: resume, early stopping and the LR plateau, the NaN guard, and
+2-process DDP under torchrun."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from lem_model import LargeExecutionModel, LEMConfig
-from lem_model.data import WindowDataset
-from lem_model.train import CHECKPOINT, NonFiniteLossError, TrainConfig, seed_everything, train
+from lem_model.window_dataset import WindowDataset
+from lem_model.train import NonFiniteLossError, TrainConfig, seed_everything, train
+from lem_model.training_state import TRAINING_STATE, load_training_state
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = TrainConfig(epochs=3, batch_size=64, lr=1e-3, seed=3, progress=False, early_stop_patience=5)
@@ -39,7 +42,7 @@ def test_resume_after_epoch_one_equals_an_uninterrupted_run(small_equity_windows
     interrupted = make_model(small_equity_windows)
     partial = train(interrupted, *sets(small_equity_windows), CFG, tmp_path / "b", stop_after_epochs=1)
     assert len(partial.history) == 1
-    saved = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)
+    saved = load_training_state(tmp_path / "b" / TRAINING_STATE)
     assert saved["epoch"] == 0
     resumed_model = make_model(small_equity_windows, seed=99)  # different init: everything must come from the checkpoint
     resumed = train(resumed_model, *sets(small_equity_windows), CFG, tmp_path / "b")
@@ -74,7 +77,7 @@ def test_non_finite_batch_stops_training_and_keeps_the_last_good_checkpoint(smal
     model = make_model(small_equity_windows)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, batch 0.*last good checkpoint"):
         train(model, poisoned, val_set, CFG, tmp_path / "ckpt")
-    saved = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=False)
+    saved = load_training_state(tmp_path / "ckpt" / TRAINING_STATE)
     assert saved["epoch"] == 0 and len(saved["history"]) == 1
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
     good = make_model(small_equity_windows)
@@ -97,7 +100,7 @@ def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     d0, d1 = (out / "digest0.txt").read_text(), (out / "digest1.txt").read_text()
     assert d0 == d1 and len(d0) == 64
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [CHECKPOINT]
+    assert sorted(p.name for p in (out / "training_state").iterdir()) == [TRAINING_STATE]
     assert json.loads((out / "result.json").read_text())["best_epoch"] in (0, 1)
     import mlflow
 
@@ -105,3 +108,21 @@ def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
     runs = mlflow.search_runs(experiment_names=["lem-ddp"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
     assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == 2
+
+
+def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, tmp_path):
+    """With a learning rate far below float32 resolution the weights cannot move, so validation
+    never improves after the first epoch: the plateau scheduler cuts the rate after
+    ``lr_patience`` + 1 bad epochs, and early stopping ends the run after ``patience`` of them,
+    handing back the first epoch's weights."""
+    cfg = dataclasses.replace(CFG, epochs=10, lr=1e-30, early_stop_patience=3, lr_patience=1, lr_factor=0.1)
+    model = make_model(small_equity_windows)
+    result = train(model, *sets(small_equity_windows), cfg, tmp_path / "state")
+    assert result.stopped_early and len(result.history) == 4  # epoch 0, then 3 without improvement
+    assert result.best_epoch == 0
+    assert all(h["val_loss"] >= result.history[0]["val_loss"] for h in result.history)
+    lrs = [h["lr"] for h in result.history]  # the rate each epoch trained with
+    assert lrs[:3] == [1e-30] * 3 and lrs[3] == pytest.approx(1e-31, rel=1e-9)
+    saved = load_training_state(tmp_path / "state" / TRAINING_STATE)
+    best = saved["early_stopping"]["best_state"]
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())  # the best weights restored

@@ -126,7 +126,7 @@ import os, sys
 from lem_pipeline.sources import binance
 def crash(src, dst):
     os._exit(17)  # the process dies between download and rename: no cleanup runs
-binance.os.replace = crash
+os.replace = crash  # the rename of lem_model.fileio.atomic_write, which the client downloads through
 binance.BinanceDataVision(sys.argv[1], sys.argv[2]).fetch(sys.argv[3])
 """
 

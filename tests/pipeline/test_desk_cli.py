@@ -14,13 +14,13 @@ import polars as pl
 import pytest
 
 from lem_model import LargeExecutionModel, LEMConfig
-from lem_model.checkpoint import save_model
-from lem_model.data import WindowDataset
+from lem_model.saved_model import save_model
+from lem_model.window_dataset import WindowDataset
 from lem_model.orders import Order
 from lem_model.policy import LivePolicy
 from lem_model.train import TrainConfig, seed_everything, train
 from lem_pipeline.bars import daily_bars
-from lem_pipeline.desk import WINDOWS_META
+from lem_pipeline.trained_model import WINDOWS_META
 from lem_pipeline.sources.yahoo import CsvDirectorySource
 from tests.conftest import YAHOO_DIR
 

@@ -13,8 +13,9 @@ import pytest
 
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import Preset
-from lem_pipeline.resources import BinanceSource, DataLake, YahooSource
-from lem_pipeline.runner import run_partitions
+from lem_pipeline.lake import DataLake
+from lem_pipeline.resources import BinanceSource, YahooSource
+from lem_pipeline.local_runs import run_partitions
 from lem_pipeline.sources.binance import KlineStream
 from tests.conftest import BINANCE_MIRROR, YAHOO_DIR, serve
 

@@ -9,8 +9,9 @@ import dagster as dg
 
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import PRESETS
-from lem_pipeline.resources import BinanceSource, DataLake, YahooSource
-from lem_pipeline.runner import run_partitions
+from lem_pipeline.lake import DataLake
+from lem_pipeline.resources import BinanceSource, YahooSource
+from lem_pipeline.local_runs import run_partitions
 from lem_pipeline.schedules import REFRESH_TAG, closed_month
 from lem_pipeline.sources.binance import KlineStream
 from tests.conftest import YAHOO_DIR

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from lem_model.checkpoint import load_model
-from lem_model.data import WindowDataset
+from lem_model.saved_model import load_model
+from lem_model.window_dataset import WindowDataset
 from lem_model.evaluate import EvalArrays
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import PRESETS
-from lem_pipeline.resources import BinanceSource, DataLake, YahooSource
-from lem_pipeline.runner import run_partitions
+from lem_pipeline.lake import DataLake
+from lem_pipeline.resources import BinanceSource, YahooSource
+from lem_pipeline.local_runs import run_partitions
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.windows import WindowConfig
 from tests.conftest import YAHOO_DIR
@@ -71,7 +72,7 @@ def test_mlflow_run_holds_params_metrics_and_inputs(trained):
 
 
 def read_main_table(lake: DataLake) -> list[list[str]]:
-    with open(lake.path / "evaluation" / "equity" / "equity_daily_main.csv") as f:
+    with open(lake.evaluation_dir("equity") / "equity_daily_main.csv") as f:
         return list(csv.reader(f))
 
 
@@ -86,14 +87,14 @@ def test_main_table_has_the_papers_rows_and_the_rule(trained):
             + [("SELL", p) for p in periods] + [("SELL", "Match VWAP")]
             + [("RULE BUY", p) for p in periods] + [("RULE SELL", p) for p in periods])
     assert keys == want
-    out = trained["lake"].path / "evaluation" / "equity"
+    out = trained["lake"].evaluation_dir("equity")
     for stem in ("equity_daily_detail_min7", "equity_daily_detail_match"):
         assert (out / f"{stem}.csv").exists() and (out / f"{stem}.tex").read_text().startswith("\\begin{tabular}")
 
 
 def test_a_table_row_recomputed_from_the_slippage_arrays(trained):
-    out = trained["lake"].path / "evaluation" / "equity"
-    ev = EvalArrays.load(out / "slippage.npz")
+    out = trained["lake"].evaluation_dir("equity")
+    ev = EvalArrays.load(trained["lake"].slippage_file("equity"))
     row = next(r for r in read_main_table(trained["lake"]) if r[:2] == ["SELL", "7"])
     v = ev.model_bps[:, 6, 2, 0].astype(np.float64)  # sell-VWAP, volume target, minimum period 7
     want = [v.mean(), v.std(), np.median(v), np.quantile(v, 0.05), np.quantile(v, 0.95), np.quantile(v, 0.25),
@@ -101,11 +102,11 @@ def test_a_table_row_recomputed_from_the_slippage_arrays(trained):
     np.testing.assert_allclose([float(x) for x in row[2:]], want, rtol=0, atol=1e-5)
     tv = next(r for r in read_main_table(trained["lake"]) if r[0] == "TWAP Volume")
     np.testing.assert_allclose(float(tv[2]), ev.twap_volume_bps.astype(np.float64).mean(), atol=1e-5)
-    assert len(v) == len(WindowDataset(trained["lake"].path / "windows" / "equity", "test"))
+    assert len(v) == len(WindowDataset(trained["lake"].windows_dir("equity"), "test"))
 
 
 def test_plots_are_valid_images(trained):
-    out = trained["lake"].path / "evaluation" / "equity"
+    out = trained["lake"].evaluation_dir("equity")
     for name in ("equity_daily_slippage.png", "equity_daily_execution_curves.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,7 +118,7 @@ def test_logged_model_reloads_with_the_trained_allocations(trained):
     meta = latest(trained["instance"], "equity_lem_model")
     served = mlflow.pytorch.load_model(meta["model_uri"].value)
     trained_model = load_model(meta["model_dir"].value)
-    x = torch.stack([WindowDataset(trained["lake"].path / "windows" / "equity", "test")[i][0] for i in range(16)])
+    x = torch.stack([WindowDataset(trained["lake"].windows_dir("equity"), "test")[i][0] for i in range(16)])
     with torch.no_grad():
         expected = trained_model(x, torch.full((16,), 1 / N**2), torch.ones(16))
         assert torch.equal(served(x), expected)

@@ -13,7 +13,7 @@ from lem_pipeline.presets import DOW_30
 from lem_pipeline.sources.binance import KlineStream, read_klines
 from lem_pipeline.sources.yahoo import CsvDirectorySource
 from lem_pipeline.windows import WindowConfig, build_windows, plan_series
-from lem_model.data import WindowDataset
+from lem_model.window_dataset import WindowDataset
 from tests.conftest import BINANCE_MIRROR, YAHOO_DIR
 
 BTC_1H = KlineStream("BTCUSDT", "spot", "1h")

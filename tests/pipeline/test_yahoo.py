@@ -47,8 +47,7 @@ def _yfinance_frame(tickers: list[str], start: date, end: date) -> pd.DataFrame:
         parts[t] = raw
     data = pd.concat(parts.values(), axis=1, sort=True, keys=parts.keys(), names=["Ticker", "Price"])
     data.columns = data.columns.swaplevel(0, 1)
-    data.sort_index(level=0, axis=1, inplace=True)
-    return data
+    return data.sort_index(level=0, axis=1)
 
 
 def test_yfinance_adapter_matches_offline_source(monkeypatch):

@@ -1,5 +1,6 @@
-"""Achieved price against benchmark, the computation that the loss, the metrics and the slippage
-tables share (TKAN_SPEC.md sections 5-6).
+"""Slippage: the achieved price against the benchmark over the bars an order executed on. The
+loss, the reference metrics and the evaluation tables all share this one computation (the
+reference's ``lem_loss`` and metric functions; docs/DESIGN.md "Model, loss and metrics").
 
 Targets stay compact: ``volumes`` and ``prices`` (B, N) for the execution bars. The TWAP orders
 use unit volumes, which the reference writes into a tiled (B, N, N+1, 4, 2) target tensor; here
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-7
-TWAP_KINDS = (1, 3)
+from lem_model.vocabulary import EPS, Benchmark, OrderKind, Target
 
 
 def kind_volumes(volumes: torch.Tensor) -> torch.Tensor:
     """(B, N) market volumes -> (B, N, 1, 4): VWAP kinds see the market, TWAP kinds see 1s."""
     ones = torch.ones_like(volumes)
-    return torch.stack([volumes, ones, volumes, ones], dim=-1).unsqueeze(2)
+    per_kind = [volumes if kind.benchmark == Benchmark.VWAP else ones for kind in OrderKind]
+    return torch.stack(per_kind, dim=-1).unsqueeze(2)
 
 
 def forced_mask(volumes: torch.Tensor, n_models: int) -> torch.Tensor:
@@ -60,9 +61,9 @@ def percent_difference(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch
     # Per target, on contiguous (B, N, J, 4) tensors in the reference's order of operations: an
     # order that matches its benchmark exactly must give Dif == 0 exactly (|Dif| has a kink there).
     achieved, bench = [], []
-    for k in (0, 1):
+    for k in Target:
         executed = alloc[..., k] * mask[..., k]
-        if k == 0:  # volume target: average price paid per unit
+        if k == Target.VOLUME:  # volume target: average price paid per unit
             achieved.append((executed * p).sum(1) / (executed.sum(1) + EPS))
         else:  # notional target: notional spent per unit bought
             achieved.append(executed.sum(1) / ((executed / p).sum(1) + EPS))

@@ -1,4 +1,5 @@
-"""Checkpoints: the state dict and the config as JSON, side by side, written atomically."""
+"""A trained model on disk: a directory holding the state dict and the config as JSON, written
+atomically. (The per-epoch training state is another thing: lem_model.training_state.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The desk's view: one order scheduled bar by bar from a trained model and recent bars.
+"""``lem schedule``: one order scheduled bar by bar from a trained model and recent bars.
 
 Model inputs are cut by the same code that built the training windows (lem_pipeline.windows),
 so a live decision sees exactly what the model was trained and evaluated on. Bars not yet
@@ -7,39 +7,17 @@ traded are padded (zero volume, last price): the causal model cannot read them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 
-from lem_model.checkpoint import load_model
 from lem_model.model import LargeExecutionModel
 from lem_model.orders import Order
 from lem_model.policy import Decision, LivePolicy
+from lem_pipeline.bars import DAILY_MINUTES
 from lem_pipeline.windows import WindowConfig, cut_windows, plan_series
-
-WINDOWS_META = "windows.json"
-
-
-def window_config(meta: dict) -> WindowConfig:
-    c = dict(meta["config"])
-    for k in ("val_start", "test_start"):
-        c[k] = date.fromisoformat(c[k])
-    return WindowConfig(**c)
-
-
-def load_trained(source: str) -> tuple[LargeExecutionModel, WindowConfig]:
-    """A checkpoint directory (config.json, model.pt, windows.json) or an MLflow run id."""
-    path = Path(source)
-    if path.is_dir():
-        return load_model(path), window_config(json.loads((path / WINDOWS_META).read_text()))
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(run_id=source, artifact_path="model_state"))
-    return load_model(local), window_config(json.loads((local / WINDOWS_META).read_text()))
 
 
 def _next_bar_times(last: datetime, freq_min: int, n: int) -> list[datetime]:
@@ -48,7 +26,7 @@ def _next_bar_times(last: datetime, freq_min: int, n: int) -> list[datetime]:
     out, t = [], last
     while len(out) < n:
         t = t + timedelta(minutes=freq_min)
-        if freq_min == 1440 and t.weekday() >= 5:
+        if freq_min == DAILY_MINUTES and t.weekday() >= 5:
             continue
         out.append(t)
     return out

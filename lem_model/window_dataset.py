@@ -10,18 +10,30 @@ import torch
 from torch.utils.data import Dataset
 
 
+SPLITS = ("train", "val", "test")
+ARRAYS = ("x", "volumes", "prices")
+META_FILE = "meta.json"  # the window config, feature names and counts
+
+
+def array_file(directory: str | Path, split: str, name: str) -> Path:
+    """Where a windows directory (written by lem_pipeline.windows) keeps one split's array."""
+    return Path(directory) / f"{split}_{name}.npy"
+
+
+def meta_file(directory: str | Path) -> Path:
+    return Path(directory) / META_FILE
+
+
 class WindowDataset(Dataset):
-    """(x, volumes, prices) of one split from a windows directory (``{split}_x.npy`` etc.)."""
+    """(x, volumes, prices) of one split from a windows directory."""
 
     def __init__(self, directory: str | Path, split: str) -> None:
         d = Path(directory)
         self.directory, self.split = d, split
-        self.x = np.load(d / f"{split}_x.npy", mmap_mode="r")
-        self.volumes = np.load(d / f"{split}_volumes.npy", mmap_mode="r")
-        self.prices = np.load(d / f"{split}_prices.npy", mmap_mode="r")
+        self.x, self.volumes, self.prices = (np.load(array_file(d, split, name), mmap_mode="r") for name in ARRAYS)
         if not len(self.x) == len(self.volumes) == len(self.prices):
             raise ValueError(f"{d}: {split} arrays disagree in length")
-        self.meta = json.loads((d / "meta.json").read_text())
+        self.meta = json.loads(meta_file(d).read_text())
 
     def __len__(self) -> int:
         return len(self.x)

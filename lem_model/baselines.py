@@ -1,0 +1,53 @@
+"""Simple schedules scored beside the model on the same windows, so every table shows what a
+one-line rule achieves:
+
+  - TWAP in volume and TWAP in notional, against the full-horizon VWAP;
+  - a causal early-stop rule: trade TWAP (1/N per bar) through the minimum duration, then finish
+    the whole remainder at bar k as soon as bar k-1's VWAP is below (buy) or above (sell) the
+    average price achieved so far. It decides with bars before k only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lem_model.vocabulary import OrderKind, Side, Target
+
+
+def twap_baselines(volumes: torch.Tensor, prices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TWAP volume, TWAP notional) slippage in bps against the full-horizon VWAP, per window."""
+    vwap = (volumes * prices).sum(1) / volumes.sum(1)
+    twap_volume = prices.mean(1)  # equal quantity per bar: the average price
+    twap_notional = prices.shape[1] / (1.0 / prices).sum(1)  # equal notional per bar: the harmonic mean
+    return (twap_volume / vwap - 1) * 1e4, (twap_notional / vwap - 1) * 1e4
+
+
+def early_stop_rule(prices: torch.Tensor, n_models: int) -> torch.Tensor:
+    """The rule's allocations (B, N, N+1, 4, 2). For model j < N (minimum duration j+1) the
+    rule trades 1/N per bar through bar j, then finishes at bar k > j when the previous bar's
+    VWAP beats the average achieved so far; model N is plain TWAP."""
+    B, N = prices.shape
+    out = prices.new_zeros(B, N, n_models, len(OrderKind), len(Target))
+    for j in range(n_models):
+        for side in Side:
+            sign = 1.0 if side == Side.BUY else -1.0  # buys want lower prices, sells higher
+            for target in Target:
+                done = prices.new_zeros(B)
+                paid = prices.new_zeros(B)  # volume target: notional spent; notional target: volume bought
+                alloc = prices.new_zeros(B, N)
+                for k in range(N):
+                    a = torch.full_like(done, 1.0 / N)
+                    if k == N - 1:
+                        a = 1 - done
+                    elif j < N and k > j:
+                        average = paid / done if target == Target.VOLUME else done / paid
+                        better = sign * (prices[:, k - 1] - average) < 0  # cheaper to buy, dearer to sell
+                        a = torch.where(better, 1 - done, a)
+                    a = torch.minimum(a, 1 - done).clamp(min=0)
+                    alloc[:, k] = a
+                    done = done + a
+                    paid = paid + (a * prices[:, k] if target == Target.VOLUME else a / prices[:, k])
+                for kind in OrderKind:
+                    if kind.side == side:  # the rule ignores the benchmark: VWAP and TWAP orders trade alike
+                        out[:, :, j, kind, target] = alloc
+    return out

@@ -1,0 +1,65 @@
+"""Standalone asset checks that re-read what an asset wrote. They block: a windows directory
+that fails one stops training in the same run.
+
+(Checks computed from a frame already in memory, like the pandera validation of the raw bars or
+the evaluation's feasibility, are reported by their asset instead.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from lem_model.window_dataset import ARRAYS, SPLITS, array_file
+from lem_pipeline.lake import DataLake
+from lem_pipeline.reporting import markdown
+from lem_pipeline.windows import TIME_COLUMNS, WindowConfig, read_index
+
+FINITE_CHECK = "finite_windows"
+SPLIT_CHECK = "windows_inside_splits"
+_CHUNK = 4096  # windows read at a time: the arrays stay memory-mapped, never loaded whole
+
+
+def finite_windows(directory: Path) -> dg.AssetCheckResult:
+    """No NaN or inf in any split's arrays."""
+    bad = {}
+    for split in SPLITS:
+        for name in ARRAYS:
+            arr = np.load(array_file(directory, split, name), mmap_mode="r")
+            n_bad = sum(int((~np.isfinite(arr[i : i + _CHUNK])).sum()) for i in range(0, len(arr), _CHUNK))
+            if n_bad:
+                bad[f"{split}_{name}"] = n_bad
+    return dg.AssetCheckResult(check_name=FINITE_CHECK, passed=not bad, metadata={"non_finite_values": bad or "none"})
+
+
+def windows_inside_splits(directory: Path, cfg: WindowConfig) -> dg.AssetCheckResult:
+    """Every window's bars lie inside its split's dates (the boundaries are purged)."""
+    index = read_index(directory)
+    val = pl.lit(cfg.val_start).cast(pl.Datetime("us", "UTC"))
+    test = pl.lit(cfg.test_start).cast(pl.Datetime("us", "UTC"))
+    inside = (pl.when(pl.col("split") == "train").then(pl.col("end_time") < val)
+              .when(pl.col("split") == "val").then((pl.col("first_time") >= val) & (pl.col("end_time") < test))
+              .otherwise(pl.col("first_time") >= test))
+    outside = index.filter(~inside)
+    examples = outside.head(10).select("split", "symbol", "freq_min", *TIME_COLUMNS)
+    return dg.AssetCheckResult(check_name=SPLIT_CHECK, passed=outside.is_empty(),
+                               metadata={"windows_outside_their_split": len(outside),
+                                         "examples": dg.MetadataValue.md(markdown(examples))})
+
+
+def build_windows_checks(dataset: str, cfg: WindowConfig) -> list[dg.AssetChecksDefinition]:
+    asset = f"{dataset}_windows"
+
+    @dg.asset_check(asset=asset, name=FINITE_CHECK, blocking=True, description="no NaN or inf in any array")
+    def finite(lake: DataLake) -> dg.AssetCheckResult:
+        return finite_windows(lake.windows_dir(dataset))
+
+    @dg.asset_check(asset=asset, name=SPLIT_CHECK, blocking=True,
+                    description="every window's bars lie inside its split (purged boundaries)")
+    def inside_splits(lake: DataLake) -> dg.AssetCheckResult:
+        return windows_inside_splits(lake.windows_dir(dataset), cfg)
+
+    return [finite, inside_splits]

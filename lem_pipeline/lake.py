@@ -1,0 +1,98 @@
+"""The data lake: every path the pipeline reads or writes, in one resource.
+
+Layout under ``root`` (``LEM_DATA_DIR``, default ``./data``)::
+
+    raw/binance/...                              Data Vision archives as downloaded (verified)
+    klines/{market}/{interval}/{SYMBOL}/{YYYY-MM}.parquet   one per binance_klines partition
+    yahoo/{TICKER}.parquet                       one per yahoo_daily_bars partition
+    bars/{dataset}/{SYMBOL}_{freq}m.parquet      resampled bars per series
+    windows/{dataset}/                           windows, targets and splits (lem_pipeline.windows)
+    models/{name}/                               a trained model (lem_model.saved_model + windows.json)
+    training/{name}/{run_id}/                    the training state of one run, for resuming
+    evaluation/{name}/                           tables, plots and the slippage arrays
+
+``dataset`` is ``crypto`` or ``equity``; a model or evaluation ``name`` is a dataset or a
+variant of one (``equity-lookahead``).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from lem_model.fileio import atomic_write
+from lem_pipeline import settings
+from lem_pipeline.sources.binance import KlineStream
+
+SLIPPAGE_FILE = "slippage.npz"  # lem_model.evaluate.EvalArrays of the test split
+TEST_INDEX_FILE = "test_index.parquet"  # the test windows' rows of the windows index, in order
+
+
+class DataLake(dg.ConfigurableResource):
+    """Paths are absolute because Dagster steps may run in other working directories."""
+
+    root: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root).resolve()
+
+    @classmethod
+    def from_environment(cls) -> DataLake:
+        """The same lake outside a Dagster run (the CLI), from LEM_DATA_DIR now."""
+        settings.apply_defaults()
+        return cls(root=os.environ[settings.DATA_DIR])
+
+    # -- ingest --------------------------------------------------------------------------------
+    def archive_dir(self) -> Path:
+        return self.path / "raw" / "binance"
+
+    def _klines_dir(self, stream: KlineStream) -> Path:
+        return self.path / "klines" / stream.market / stream.interval / stream.symbol
+
+    def klines_file(self, stream: KlineStream, month: date) -> Path:
+        return self._klines_dir(stream) / f"{month:%Y-%m}.parquet"
+
+    def klines_files(self, stream: KlineStream) -> list[Path]:
+        return sorted(self._klines_dir(stream).glob("*.parquet"))
+
+    def daily_file(self, ticker: str) -> Path:
+        return self.path / "yahoo" / f"{ticker}.parquet"
+
+    # -- features ------------------------------------------------------------------------------
+    def bars_dir(self, dataset: str) -> Path:
+        return self.path / "bars" / dataset
+
+    def bars_file(self, dataset: str, symbol: str, freq_min: int) -> Path:
+        return self.bars_dir(dataset) / f"{symbol}_{freq_min}m.parquet"
+
+    def bars_files(self, dataset: str) -> list[Path]:
+        return sorted(self.bars_dir(dataset).glob("*.parquet"))
+
+    def windows_dir(self, dataset: str) -> Path:
+        return self.path / "windows" / dataset
+
+    # -- models and their evaluation -----------------------------------------------------------
+    def model_dir(self, name: str) -> Path:
+        return self.path / "models" / name
+
+    def training_state_dir(self, name: str, run_id: str) -> Path:
+        return self.path / "training" / name / run_id
+
+    def evaluation_dir(self, name: str) -> Path:
+        return self.path / "evaluation" / name
+
+    def slippage_file(self, name: str) -> Path:
+        return self.evaluation_dir(name) / SLIPPAGE_FILE
+
+    def test_index_file(self, name: str) -> Path:
+        return self.evaluation_dir(name) / TEST_INDEX_FILE
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
+    """Write beside the target and rename: a crash never leaves a half file under the real name."""
+    atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))

@@ -1,0 +1,64 @@
+"""Evaluating a trained LEM on the test split: the slippage arrays (lem_model.evaluate), the
+paper's tables and plots (lem_pipeline.reporting), all logged to the model's MLflow run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from lem_model.devices import resolve_device
+from lem_model.evaluate import EvalArrays, evaluate, headline
+from lem_model.fileio import replaced_dir
+from lem_model.saved_model import load_model
+from lem_model.window_dataset import WindowDataset
+from lem_pipeline import reporting
+from lem_pipeline.lake import SLIPPAGE_FILE, TEST_INDEX_FILE
+from lem_pipeline.tracking import MLflowTracking
+from lem_pipeline.windows import read_index
+
+
+@dataclass
+class Evaluation:
+    arrays: EvalArrays
+    test_windows: int
+    tables: dict[str, Path]  # per (dataset, frequency) label: the main table's CSV
+    main_markdown: str  # the first main table, for the Dagster UI
+    plots: list[Path]
+    headline: dict[str, float]
+
+    @property
+    def feasible(self) -> bool:
+        return self.arrays.all_finite and self.arrays.max_sum_error < 1e-4
+
+
+def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *, batch_size: int, device: str,
+                     tracking: MLflowTracking, experiment: str, run_id: str) -> Evaluation:
+    """Evaluate the model in ``model_dir`` on the test windows and write everything to ``out``
+    (replaced whole, never half-written); log it all into the training run ``run_id``."""
+    model = load_model(model_dir)
+    test = WindowDataset(windows_dir, "test")
+    index = read_index(windows_dir, "test")
+    n_ahead = model.cfg.n_ahead
+    ev = evaluate(model, test, min_rate=1.0 / n_ahead**2, batch_size=batch_size, device=resolve_device(device))
+    tables, plots = {}, []
+    with replaced_dir(out) as tmp:
+        ev.save(tmp / SLIPPAGE_FILE)
+        index.write_parquet(tmp / TEST_INDEX_FILE)
+        freqs = index["freq_min"].to_numpy()
+        for freq in sorted(set(freqs.tolist())):
+            label = f"{name}_{reporting.frequency_label(freq)}"
+            sub = ev.subset(np.nonzero(freqs == freq)[0])
+            tables[label] = reporting.write_evaluation_tables(sub, tmp, label)
+            plots += reporting.plot_evaluation(sub, tmp, label, title=f"{name} {reporting.frequency_label(freq)}")
+    tables = {k: out / v.name for k, v in tables.items()}
+    plots = [out / p.name for p in plots]
+    summary = headline(ev)
+    with tracking.run(experiment, run_id=run_id):
+        mlflow.log_metrics(summary)
+        mlflow.log_artifacts(str(out), "evaluation")
+        mlflow.set_tag("lem.stage", "evaluated")
+    first = next(iter(tables.values()), None)
+    return Evaluation(ev, len(test), tables, first.with_suffix(".md").read_text() if first else "", plots, summary)

@@ -1,0 +1,132 @@
+"""Everything the pipeline shows people: tables rendered from one polars frame (CSV, Markdown,
+LaTeX) and the evaluation plots (matplotlib, Agg). The numbers come from lem_model.evaluate;
+this module only lays them out, so a table looks the same in Dagster, MLflow and RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lem_model.evaluate import STAT_NAMES, EvalArrays, Row, detail_table, main_table
+from lem_model.vocabulary import OrderKind, Target
+from lem_pipeline.bars import DAILY_MINUTES
+
+MAIN_HEADER = ("Order Type", "Min Period")
+DETAIL_HEADER = ("Order Type", "Strategy")
+
+
+def frequency_label(freq_min: int) -> str:
+    return "daily" if freq_min == DAILY_MINUTES else f"{freq_min}min"
+
+
+# -- tables ------------------------------------------------------------------------------------
+def stats_frame(rows: list[Row], header: tuple[str, str] = MAIN_HEADER, units: bool = True) -> pl.DataFrame:
+    """Rows of a slippage table as a frame: the two label columns, then one column per statistic
+    (named with its unit, "Mean (bps)", unless ``units`` is False)."""
+    cols = [*header, *(f"{s} (bps)" if units else s for s in STAT_NAMES)]
+    return pl.DataFrame([[a, b, *vals] for a, b, vals in rows], schema=cols, orient="row")
+
+
+def _cell(value: object, decimals: int | None) -> str:
+    if isinstance(value, float):
+        return f"{value:.{decimals}f}" if decimals is not None else f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def markdown(frame: pl.DataFrame, decimals: int | None = None) -> str:
+    """A Markdown table; floats with ``decimals`` places (None: 6 significant digits)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(_cell(v, decimals) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)
+
+
+def latex(frame: pl.DataFrame, decimals: int = 2) -> str:
+    """A LaTeX tabular: label columns left-aligned, numbers right-aligned."""
+    align = "".join("r" if dtype.is_float() else "l" for dtype in frame.dtypes)
+    lines = ["\\begin{tabular}{" + align + "}", "\\hline",
+             " & ".join(frame.columns).replace("%", "\\%") + " \\\\", "\\hline"]
+    lines += [" & ".join(_cell(v, decimals) for v in row) + " \\\\" for row in frame.iter_rows()]
+    return "\n".join([*lines, "\\hline", "\\end{tabular}"])
+
+
+def write_table(frame: pl.DataFrame, stem: Path) -> dict[str, Path]:
+    """CSV (6 decimals), Markdown and LaTeX (2 decimals) of one table; returns the three paths."""
+    paths = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"), "tex": stem.with_suffix(".tex")}
+    frame.write_csv(paths["csv"], float_precision=6)
+    paths["md"].write_text(markdown(frame, decimals=2) + "\n")
+    paths["tex"].write_text(latex(frame) + "\n")
+    return paths
+
+
+def write_evaluation_tables(ev: EvalArrays, out: Path, label: str) -> Path:
+    """The main table and one detail table per minimum period (and Match); returns the main CSV."""
+    main = write_table(stats_frame(main_table(ev)), out / f"{label}_main")
+    for j in range(ev.n_ahead + 1):
+        name = "match" if j == ev.n_ahead else f"min{j + 1}"
+        write_table(stats_frame(detail_table(ev, j), DETAIL_HEADER), out / f"{label}_detail_{name}")
+    return main["csv"]
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _panels(n_ahead: int, title: str, plot_one: Callable, path: Path, xlabel: str, ylabel: str | None = None) -> Path:
+    """One panel per shown minimum period (1, N/2, N, Match), drawn by ``plot_one(ax, m)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    periods = sorted({0, n_ahead // 2, n_ahead - 1, n_ahead})
+    fig, axes = plt.subplots(1, len(periods), figsize=(4 * len(periods), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], periods):
+        plot_one(ax, m)
+        ax.set_title("Match VWAP" if m == n_ahead else f"Min {m + 1} periods")
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_distributions(ev: EvalArrays, path: Path, title: str) -> Path:
+    """Slippage distributions per minimum period: model buy and sell (VWAP, volume) against TWAP."""
+    vwap_volume = ev.model_bps[:, :, [OrderKind.BUY_VWAP, OrderKind.SELL_VWAP], Target.VOLUME]
+    lo, hi = np.percentile(np.concatenate([vwap_volume.ravel(), ev.twap_volume_bps]), [1, 99])
+    bins = np.linspace(lo, hi, 60)
+
+    def one(ax, m: int) -> None:
+        ax.hist(ev.twap_volume_bps, bins=bins, histtype="step", label="TWAP volume", color="grey")
+        ax.hist(ev.model_bps[:, m, OrderKind.BUY_VWAP, Target.VOLUME], bins=bins, histtype="step", label="LEM buy",
+                color="tab:green")
+        ax.hist(ev.model_bps[:, m, OrderKind.SELL_VWAP, Target.VOLUME], bins=bins, histtype="step", label="LEM sell",
+                color="tab:red")
+
+    return _panels(ev.n_ahead, f"{title} - slippage distributions", one, path, "slippage vs VWAP (bps)")
+
+
+def plot_execution_curves(ev: EvalArrays, path: Path, title: str) -> Path:
+    """Mean cumulative execution per minimum period (buy and sell, VWAP volume) against TWAP."""
+    N = ev.mean_alloc.shape[0]
+    steps = np.arange(1, N + 1)
+
+    def one(ax, m: int) -> None:
+        ax.plot(steps, steps / N, color="grey", ls="--", label="TWAP")
+        ax.plot(steps, np.cumsum(ev.mean_alloc[:, m, OrderKind.BUY_VWAP, Target.VOLUME]), color="tab:green",
+                label="LEM buy")
+        ax.plot(steps, np.cumsum(ev.mean_alloc[:, m, OrderKind.SELL_VWAP, Target.VOLUME]), color="tab:red",
+                label="LEM sell")
+        ax.set_ylim(0, 1.02)
+
+    return _panels(N, f"{title} - execution curves", one, path, "execution step", "cumulative fraction executed")
+
+
+def plot_evaluation(ev: EvalArrays, out: Path, label: str, title: str) -> list[Path]:
+    return [plot_distributions(ev, out / f"{label}_slippage.png", title),
+            plot_execution_curves(ev, out / f"{label}_execution_curves.png", title)]

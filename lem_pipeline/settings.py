@@ -1,0 +1,38 @@
+"""The environment variables that point the pipeline at its data, its sources and its tracking
+store, and the embedded local defaults that apply when they are unset (no server needed).
+
+Resources read these through ``dg.EnvVar`` at run launch; :func:`apply_defaults` fills in the
+unset ones once, when the code location or a command starts, and makes relative paths absolute
+(Dagster steps may run in other working directories).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+from lem_pipeline.sources.binance import DEFAULT_BASE_URL
+
+PRESET = "LEM_PRESET"
+DATA_DIR = "LEM_DATA_DIR"
+BINANCE_URL = "LEM_BINANCE_URL"
+YAHOO_DIR = "LEM_YAHOO_DIR"  # empty: live yfinance
+MLFLOW_DIR = "LEM_MLFLOW_DIR"
+MLFLOW_URI = "LEM_MLFLOW_URI"
+MLFLOW_ARTIFACTS = "LEM_MLFLOW_ARTIFACTS"
+_PATHS = (DATA_DIR, YAHOO_DIR, MLFLOW_DIR, MLFLOW_ARTIFACTS)
+
+
+def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set every unset variable to its embedded default and make the path variables absolute."""
+    for name in _PATHS:
+        if environ.get(name):
+            environ[name] = str(Path(environ[name]).resolve())
+    environ.setdefault(PRESET, "demo")
+    environ.setdefault(DATA_DIR, str(Path("data").resolve()))
+    environ.setdefault(BINANCE_URL, DEFAULT_BASE_URL)
+    environ.setdefault(YAHOO_DIR, "")
+    mlflow_dir = Path(environ.setdefault(MLFLOW_DIR, str(Path("mlruns").resolve())))
+    environ.setdefault(MLFLOW_URI, f"sqlite:///{mlflow_dir / 'mlflow.db'}")
+    environ.setdefault(MLFLOW_ARTIFACTS, str(mlflow_dir / "artifacts"))

@@ -1,0 +1,63 @@
+"""The standalone asset checks on real windows: they pass on what the builder wrote and fail,
+naming what is wrong, on a corrupted copy."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from lem_model.window_dataset import array_file
+from lem_pipeline.checks import FINITE_CHECK, SPLIT_CHECK, build_windows_checks
+from lem_pipeline.lake import DataLake
+from lem_pipeline.windows import INDEX_FILE, WindowConfig, read_meta
+
+
+@pytest.fixture
+def lake(small_equity_windows, tmp_path) -> DataLake:
+    """A lake holding a private copy of the real windows, free to corrupt."""
+    lake = DataLake(root=str(tmp_path / "lake"))
+    shutil.copytree(small_equity_windows, lake.windows_dir("equity"))
+    return lake
+
+
+def checks(lake: DataLake) -> dict:
+    cfg = WindowConfig.from_meta(read_meta(lake.windows_dir("equity")))
+    return {next(iter(c.check_keys)).name: c for c in build_windows_checks("equity", cfg)}
+
+
+def test_both_checks_pass_on_the_built_windows(lake):
+    for name, check in checks(lake).items():
+        result = check(lake=lake)
+        assert result.passed, (name, result.metadata)
+
+
+def test_finite_check_fails_on_a_nan(lake):
+    path = array_file(lake.windows_dir("equity"), "val", "x")
+    arr = np.load(path, mmap_mode="r+")
+    arr[3, 5, 0] = np.nan
+    arr[7, 0, 1] = np.inf
+    arr.flush()
+    del arr
+    result = checks(lake)[FINITE_CHECK](lake=lake)
+    assert not result.passed
+    assert result.metadata["non_finite_values"].value == {"val_x": 2}
+
+
+def test_split_check_fails_on_a_window_across_the_boundary(lake):
+    directory = lake.windows_dir("equity")
+    cfg = WindowConfig.from_meta(read_meta(directory))
+    index = pl.read_parquet(directory / INDEX_FILE)
+    last_train = index.filter(pl.col("split") == "train")["row"].max()
+    moved = index.with_columns(
+        pl.when((pl.col("split") == "train") & (pl.col("row") == last_train))
+        .then(pl.lit(cfg.val_start).cast(pl.Datetime("us", "UTC")) + timedelta(days=1))
+        .otherwise(pl.col("end_time")).alias("end_time"))
+    moved.write_parquet(directory / INDEX_FILE)
+    result = checks(lake)[SPLIT_CHECK](lake=lake)
+    assert not result.passed
+    assert result.metadata["windows_outside_their_split"].value == 1
+    assert "train" in result.metadata["examples"].value
