@@ -1,4 +1,4 @@
-"""lem_loss and execution_metrics against the reference values in ../shared/golden."""
+"""lem_loss and execution_metrics against the reference values in tests/data/golden (see its README)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 
 from lem_model.loss import lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics, slippage_bps
-from tests.conftest import SHARED_DATA
+from tests.conftest import GOLDEN_DIR
 
-GOLDEN = np.load(SHARED_DATA.parent / "golden" / "lem_loss_golden.npz", allow_pickle=False)
+GOLDEN = np.load(GOLDEN_DIR / "lem_loss_golden.npz", allow_pickle=False)
 CASES = [str(c) for c in GOLDEN["case_names"]]
 RATIO_METRICS = {"buy_vwap_avg_risk", "sell_vwap_avg_risk", "unsigned_vwap_avg_risk"}
 

@@ -100,7 +100,7 @@ def test_zip_slip_member_is_refused(overlay, tmp_path):
 
 def test_404_month_is_not_listed_not_an_error(mirror, tmp_path):
     ada = KlineStream("ADAUSDT", "spot", "1h")
-    files = client(mirror, tmp_path).fetch_month(ada, date(2019, 1, 1))  # before ADA's listing in our copy
+    files = client(mirror, tmp_path).fetch_month(ada, date(2019, 1, 1))  # before ADA's listing (no ADA in tests/data at all)
     assert not files.listed
     assert files.not_listed == [f"{mirror.url}/{ada.monthly_path(date(2019, 1, 1))}"]
 

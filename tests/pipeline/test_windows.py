@@ -14,7 +14,7 @@ from lem_pipeline.sources.binance import KlineStream, read_klines
 from lem_pipeline.sources.yahoo import CsvDirectorySource
 from lem_pipeline.windows import WindowConfig, build_windows, plan_series
 from lem_model.window_dataset import WindowDataset
-from tests.conftest import BINANCE_MIRROR, YAHOO_DIR
+from tests.conftest import BINANCE_MIRROR, FULL_YAHOO_DIR, needs_full_mirror
 
 BTC_1H = KlineStream("BTCUSDT", "spot", "1h")
 
@@ -159,8 +159,9 @@ def test_real_outages_cut_segments_and_no_window_spans_one(tmp_path):
         assert len(idx) > 0
 
 
+@needs_full_mirror
 def test_dow_30_sample_counts(tmp_path):
-    src = CsvDirectorySource(YAHOO_DIR)
+    src = CsvDirectorySource(FULL_YAHOO_DIR)
     series = [daily_bars(src.load(t, date(2000, 1, 3), date(2024, 12, 31)).with_columns(pl.lit(t).alias("ticker")))
               for t in DOW_30]
     cfg = WindowConfig(lookback=120, n_ahead=12)  # validation from 2017-01-01, test from 2020-01-01

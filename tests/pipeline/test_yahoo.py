@@ -13,13 +13,14 @@ from lem_pipeline.presets import DOW_30
 from lem_pipeline.schemas import DailyBars, validate
 from lem_pipeline.sources import yahoo
 from lem_pipeline.sources.yahoo import DAILY_COLUMNS, CsvDirectorySource, YahooSourceError, YFinanceSource
-from tests.conftest import YAHOO_DIR
+from tests.conftest import FULL_YAHOO_DIR, YAHOO_DIR, needs_full_mirror
 
 START, END = date(2000, 1, 3), date(2024, 12, 31)
 
 
+@needs_full_mirror
 def test_offline_source_loads_all_30_dow_tickers():
-    src = CsvDirectorySource(YAHOO_DIR)
+    src = CsvDirectorySource(FULL_YAHOO_DIR)
     total = 0
     for ticker in DOW_30:
         df = src.load(ticker, START, END)
@@ -27,7 +28,7 @@ def test_offline_source_loads_all_30_dow_tickers():
         assert validate(DailyBars, df.with_columns(pl.lit(ticker).alias("ticker")).select("ticker", *DAILY_COLUMNS)) is None
         assert (df["quote_volume"] == df["volume"] * df["adj_close"]).all()
         total += len(df)
-    assert total == 179_335  # every row of the 30 files (shared/data/README.md)
+    assert total == 179_335  # every row of the 30 files (the full mirror's README.md)
     assert str(src.load("CRM", START, END)["date"][0]) == "2004-06-23"
     assert str(src.load("V", START, END)["date"][0]) == "2008-03-19"
 
