@@ -15,8 +15,9 @@ class LEMConfig:
     last two). The defaults are the paper's configuration (section 3.4).
 
     Switches that default to the reference ``lems`` 0.1.1 behaviour:
-      - ``causal=True`` is our fix (docs/DESIGN.md "Causality"): step k decides from bars before it. ``False``
-        reproduces the reference's one-bar look-ahead, kept only to measure what it is worth.
+      - ``causal=True`` is our fix (docs/DESIGN.md, "Windows, alignment and causality"): step k
+        decides from bars before it. ``False`` reproduces the reference's one-bar look-ahead,
+        kept only to measure what it is worth.
       - ``base_curve_norm="models"``: the reference normalises the base curves over the
         minimum-duration axis; ``"steps"`` normalises each curve over its execution steps.
       - ``nto_price_curve="cumulative_notional"``: the reference feeds the notional orders'

@@ -1,4 +1,4 @@
-"""Building blocks of the context network and the allocation head (docs/DESIGN.md "Architecture").
+"""Building blocks of the context network and the allocation head (docs/DESIGN.md, "Model, loss and metrics").
 
 Built bottom-up: GroupedLinear -> Gate -> GateAddNorm -> GRN -> VariableSelection; every Dense
 has a glorot-uniform kernel and a zero bias and every LayerNorm uses eps 1e-3, as in the

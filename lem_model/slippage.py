@@ -1,6 +1,6 @@
 """Slippage: the achieved price against the benchmark over the bars an order executed on. The
 loss, the reference metrics and the evaluation tables all share this one computation (the
-reference's ``lem_loss`` and metric functions; docs/DESIGN.md "Model, loss and metrics").
+reference's ``lem_loss`` and metric functions; docs/DESIGN.md, "Model, loss and metrics").
 
 Targets stay compact: ``volumes`` and ``prices`` (B, N) for the execution bars. The TWAP orders
 use unit volumes, which the reference writes into a tiled (B, N, N+1, 4, 2) target tensor; here

@@ -1,4 +1,5 @@
-"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, as docs/DESIGN.md "TKAN" describes."""
+"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, computed exactly as the
+reference (docs/DESIGN.md, "The reference, as specified")."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class TKAN(nn.Module):
     """One TKAN layer with a single sub-KAN, returning the whole sequence of h_t.
 
     Computes the candidate as tanh(sigmoid(.)): that is what the reference runs on the torch and
-    jax backends (docs/DESIGN.md "TKAN"), not the paper's eq. 18.
+    jax backends (docs/DESIGN.md, "The reference, as specified"), not the paper's eq. 18.
     """
 
     def __init__(self, d_in: int, units: int) -> None:

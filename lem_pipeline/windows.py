@@ -1,4 +1,4 @@
-"""Features, windows, targets and time splits (paper section 3; docs/DESIGN.md "Windows").
+"""Features, windows, targets and time splits (paper section 3; docs/DESIGN.md "Windows, alignment and causality").
 
 For a window whose execution starts at bar r (lookback L, horizon N):
   x        rows r-L .. r+N-2: features, then VWAP / VWAP[r-L] and volume / s, s = the normaliser

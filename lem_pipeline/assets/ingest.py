@@ -5,7 +5,7 @@ blocking check (the frame is already in memory), so a partition that fails it st
 downstream and the check's metadata names the failing rows.
 """
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import polars as pl

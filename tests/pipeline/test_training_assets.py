@@ -93,7 +93,6 @@ def test_main_table_has_the_papers_rows_and_the_rule(trained):
 
 
 def test_a_table_row_recomputed_from_the_slippage_arrays(trained):
-    out = trained["lake"].evaluation_dir("equity")
     ev = EvalArrays.load(trained["lake"].slippage_file("equity"))
     row = next(r for r in read_main_table(trained["lake"]) if r[:2] == ["SELL", "7"])
     v = ev.model_bps[:, 6, 2, 0].astype(np.float64)  # sell-VWAP, volume target, minimum period 7
