@@ -1,8 +1,11 @@
 """Regular bars from raw candles: resampling, VWAP, and contiguous segments.
 
 A segment is a stretch of the grid with no hole wider than the tolerance. Windows are cut
-inside one segment, so a window never spans an outage; inside a segment a bar with no volume
-keeps the previous bar's VWAP (forward fill), never one from across a hole.
+inside one segment, so a window never spans a long outage. A short outage inside a segment is
+bridged: its bars have zero volume, keep the previous bar's VWAP (forward fill, never one from
+across a segment's end) and are flagged in ``bridged`` (1 when any of the bar's base candles is
+missing), so the model can see them. Exchange outages of a few hours would otherwise end a
+segment, and each new segment needs hundreds of bars of warm-up before its first window.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from datetime import timedelta
 import polars as pl
 
 DAILY_MINUTES = 1440  # the freq_min of daily bars
-BAR_COLUMNS = ["symbol", "freq_min", "open_time", "volume", "quote_volume", "vwap", "segment"]
+BAR_COLUMNS = ["symbol", "freq_min", "open_time", "volume", "quote_volume", "vwap", "bridged", "segment"]
 
 
 @dataclass(frozen=True)
 class ResampleConfig:
-    """``max_missing_base``: base candles that may be missing in a row inside a segment (their
-    bars get zero volume and the previous VWAP); one more missing ends the segment."""
+    """``max_missing_base``: base candles that may be missing in a row inside a segment (bridged:
+    their bars get zero volume, the previous VWAP and the ``bridged`` flag); one more missing
+    ends the segment."""
 
     base_minutes: int
     max_missing_base: int = 1
@@ -34,7 +38,7 @@ def resample_klines(klines: pl.DataFrame, freq_min: int, cfg: ResampleConfig) ->
     if klines.is_empty():
         return pl.DataFrame(schema={"symbol": pl.String, "freq_min": pl.Int32, "open_time": pl.Datetime("us", "UTC"),
                                     "volume": pl.Float64, "quote_volume": pl.Float64, "vwap": pl.Float64,
-                                    "segment": pl.Int32})
+                                    "bridged": pl.Float64, "segment": pl.Int32})
     base = timedelta(minutes=cfg.base_minutes)
     candles = klines.sort("open_time").with_columns(
         # A new segment starts after more than max_missing_base consecutive missing candles.
@@ -48,13 +52,14 @@ def resample_klines(klines: pl.DataFrame, freq_min: int, cfg: ResampleConfig) ->
         sums = part.group_by("bucket").agg(pl.col("volume").sum(), pl.col("quote_volume").sum(), pl.len().alias("n"))
         # A segment that starts or ends inside a bucket leaves it partial: drop those edge buckets.
         edge = (pl.col("bucket") == pl.col("bucket").min()) | (pl.col("bucket") == pl.col("bucket").max())
-        sums = sums.filter(~(edge & (pl.col("n") < per_bucket))).drop("n")
+        sums = sums.filter(~(edge & (pl.col("n") < per_bucket)))
         if sums.is_empty():
             continue
         grid = pl.datetime_range(sums["bucket"].min(), sums["bucket"].max(), f"{freq_min}m", time_zone="UTC",
                                  time_unit="us", eager=True).alias("bucket")
         bars = (grid.to_frame().join(sums, on="bucket", how="left")
-                .with_columns(pl.col("volume").fill_null(0.0), pl.col("quote_volume").fill_null(0.0))
+                .with_columns(pl.col("volume").fill_null(0.0), pl.col("quote_volume").fill_null(0.0),
+                              (pl.col("n").fill_null(0) < per_bucket).cast(pl.Float64).alias("bridged"))
                 .with_columns(pl.when(pl.col("volume") > 0).then(pl.col("quote_volume") / pl.col("volume"))
                               .alias("vwap").forward_fill())
                 .drop_nulls("vwap")  # leading bars with no trade yet have no price
@@ -83,5 +88,6 @@ def daily_bars(daily: pl.DataFrame) -> pl.DataFrame:
         pl.col("volume"),
         pl.col("quote_volume"),
         pl.col("adj_close").alias("vwap"),
+        pl.lit(0.0).alias("bridged"),
         pl.lit(0, pl.Int32).alias("segment"),
     )

@@ -13,25 +13,26 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from lem_model.window_dataset import ARRAYS, SPLITS, array_file
+from lem_model.window_dataset import SPLITS, WindowDataset
 from lem_pipeline.lake import DataLake
 from lem_pipeline.reporting import markdown
 from lem_pipeline.windows import TIME_COLUMNS, WindowConfig, read_index
 
 FINITE_CHECK = "finite_windows"
 SPLIT_CHECK = "windows_inside_splits"
-_CHUNK = 4096  # windows read at a time: the arrays stay memory-mapped, never loaded whole
+_CHUNK = 4096  # windows gathered at a time: the bars stay memory-mapped, the windows are never all in memory
 
 
 def finite_windows(directory: Path) -> dg.AssetCheckResult:
-    """No NaN or inf in any split's arrays."""
+    """No NaN or inf in any window of any split, as the model will be fed it (x, volumes, prices)."""
     bad = {}
     for split in SPLITS:
-        for name in ARRAYS:
-            arr = np.load(array_file(directory, split, name), mmap_mode="r")
-            n_bad = sum(int((~np.isfinite(arr[i : i + _CHUNK])).sum()) for i in range(0, len(arr), _CHUNK))
-            if n_bad:
-                bad[f"{split}_{name}"] = n_bad
+        data = WindowDataset(directory, split)
+        n_bad = dict.fromkeys(("x", "volumes", "prices"), 0)
+        for i in range(0, len(data), _CHUNK):
+            for name, arr in zip(n_bad, data.gather(np.arange(i, min(i + _CHUNK, len(data))))):
+                n_bad[name] += int((~np.isfinite(arr)).sum())
+        bad |= {f"{split}_{name}": n for name, n in n_bad.items() if n}
     return dg.AssetCheckResult(check_name=FINITE_CHECK, passed=not bad, metadata={"non_finite_values": bad or "none"})
 
 

@@ -38,7 +38,7 @@ class Preset:
     equity_start: date
     equity_end: date
     crypto_frequencies: tuple[int, ...] = (60,)  # minutes; multiples of the streams' candles
-    max_missing_base: int = 1  # missing candles in a row that a segment tolerates
+    bridge_minutes: int = 360  # outages up to this long are bridged (zero-volume bars, flagged); longer end a segment
     crypto_windows: WindowConfig = WindowConfig(seasonality="intraday", val_start=date(2021, 5, 1),
                                                 test_start=date(2021, 8, 1))
     equity_windows: WindowConfig = WindowConfig(seasonality="daily")
@@ -62,8 +62,9 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             name="demo",
-            description="Two spot pairs of 1h candles over two years and four Dow stocks: minutes on a laptop CPU.",
-            streams=(KlineStream("BTCUSDT", "spot", "1h"), KlineStream("ETHUSDT", "spot", "1h")),
+            description="The five 1h spot pairs of the mirror (BTC, ETH, LTC, ADA, BNB against USDT) over 2020-2021 "
+                        "and four Dow stocks: minutes on a laptop CPU.",
+            streams=tuple(KlineStream(s, "spot", "1h") for s in ("BTCUSDT", "ETHUSDT", "LTCUSDT", "ADAUSDT", "BNBUSDT")),
             crypto_first_month=date(2020, 1, 1),
             crypto_last_month=date(2021, 12, 1),
             tickers=("AAPL", "MSFT", "JPM", "KO"),

@@ -1,4 +1,5 @@
-"""Features, windows, targets and time splits (paper section 3; docs/DESIGN.md "Windows, alignment and causality").
+"""Features, windows, targets and time splits (paper section 3; docs/DESIGN.md, "Windows,
+alignment and causality").
 
 For a window whose execution starts at bar r (lookback L, horizon N):
   x        rows r-L .. r+N-2: features, then VWAP / VWAP[r-L] and volume / s, s = the normaliser
@@ -6,11 +7,14 @@ For a window whose execution starts at bar r (lookback L, horizon N):
   s        the mean volume of the ``norm_window`` bars ending at bar r-L-1: the paper's rolling
            336-bar window shifted by L+N, evaluated at the window's last bar r+N-1
 Per-bar features use only that bar and earlier ones: volume / (the same shifted rolling mean
-at that bar), the VWAP return, seasonal codes and the frequency code. A window lies inside one
-segment (no outage inside) and inside one split (purged at the boundaries).
+at that bar), the VWAP return, seasonal codes, the frequency code and, intraday, whether the
+bar bridges a short outage (lem_pipeline.bars). A window lies inside one segment (no long
+outage inside) and inside one split (purged at the boundaries), and some volume trades over its
+execution bars (a benchmark VWAP exists).
 
-Vectorised: polars for the per-bar columns, numpy strided views for the windows; no Python
-loop per window. Arrays are written straight into memory-mapped ``.npy`` files.
+Vectorised: polars for the per-bar columns, numpy for the window starts; no Python loop per
+window. What is stored is the per-bar arrays and one start row per window
+(lem_model.window_dataset, which gathers the windows of a batch on the fly).
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ import numpy as np
 import polars as pl
 
 from lem_model.fileio import replaced_dir
-from lem_model.window_dataset import SPLITS, array_file, meta_file
+from lem_model.window_dataset import BAR_ARRAYS, SPLITS, Bars, bars_file, gather_windows, meta_file, starts_file
 
 INDEX_FILE = "index.parquet"  # one row per window: split, row, symbol, freq_min, times
 # Index columns: the window's first bar (r-L), its execution start (r) and its last bar (r+N-1).
 TIME_COLUMNS = ["first_time", "start_time", "end_time"]
 Seasonality = Literal["intraday", "daily"]
 FEATURE_NAMES = {
-    "intraday": ["volume_rel", "vwap_return", "hour_of_day", "day_of_week", "frequency", "price", "volume"],
+    "intraday": ["volume_rel", "vwap_return", "hour_of_day", "day_of_week", "frequency", "bridged", "price", "volume"],
     "daily": ["volume_rel", "vwap_return", "day_of_week", "month_of_year", "frequency", "price", "volume"],
 }
 
@@ -104,6 +108,7 @@ class SeriesWindows:
     open_time: np.ndarray  # (n,) datetime64[us]
     starts: dict[str, np.ndarray]
     dropped_bad_normaliser: int
+    dropped_no_volume: int = 0  # windows whose execution bars all have zero volume (inside an outage)
 
 
 def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
@@ -132,7 +137,10 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     norm_ok = np.isfinite(norm) & (norm > 0) & (vwap[first] > 0)
     structural = same_segment & rows_ok & np.isfinite(norm)  # windows that exist at all
     out.dropped_bad_normaliser = int((structural & ~norm_ok).sum())
-    valid = structural & norm_ok
+    trading_before = np.concatenate([[0], np.cumsum(volume > 0)])
+    traded = (trading_before[last + 1] - trading_before[r]) > 0  # a bar with volume among r .. r+N-1
+    out.dropped_no_volume = int((structural & norm_ok & ~traded).sum())
+    valid = structural & norm_ok & traded
     r, first, last = r[valid], first[valid], last[valid]
     keep = (r - r[0]) % cfg.stride == 0 if len(r) else np.zeros(0, bool)
     r, first, last = r[keep], first[keep], last[keep]
@@ -147,84 +155,75 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     return out
 
 
-def fill_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig,
-                 x: np.ndarray, volumes: np.ndarray, prices: np.ndarray) -> None:
-    """Write the windows of ``starts`` into ``x`` (n, L+N-1, D), ``volumes`` and ``prices`` (n, N),
-    which may be slices of memory-mapped files: each window is gathered once, in place."""
-    L, N, T = cfg.lookback, cfg.n_ahead, cfg.seq_len
-    first = starts - L
-    feats = s.feats
-    rows = np.lib.stride_tricks.as_strided(feats, shape=(len(feats) - T + 1, T, feats.shape[1]),
-                                           strides=(feats.strides[0], feats.strides[0], feats.strides[1]),
-                                           writeable=False)
-    x[:, :, :-2] = rows[first]  # (n, T, D-2)
-    view = np.lib.stride_tricks.sliding_window_view
-    price_scale = s.vwap[first][:, None]
-    vol_scale = s.vol_norm[starts + N - 1][:, None]
-    x[:, :, -2] = view(s.vwap, T)[first] / price_scale  # divided in float64, stored as float32
-    x[:, :, -1] = view(s.volume, T)[first] / vol_scale
-    prices[:] = view(s.vwap, N)[starts] / price_scale
-    volumes[:] = view(s.volume, N)[starts] / vol_scale
+def series_bars(s: SeriesWindows) -> Bars:
+    return Bars(s.feats, s.vwap, s.volume, s.vol_norm)
 
 
 def cut_windows(s: SeriesWindows, starts: np.ndarray, cfg: WindowConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x (n, L+N-1, D), volumes (n, N), prices (n, N)) for the given execution starts, in memory."""
-    n = len(starts)
-    x = np.empty((n, cfg.seq_len, cfg.n_features), np.float32)
-    v, p = np.empty((n, cfg.n_ahead), np.float32), np.empty((n, cfg.n_ahead), np.float32)
-    fill_windows(s, starts, cfg, x, v, p)
-    return x, v, p
+    """(x (n, L+N-1, D), volumes (n, N), prices (n, N)) for the given execution starts, in memory:
+    exactly what the WindowDataset of a built directory yields for them."""
+    return gather_windows(series_bars(s), starts, cfg.lookback, cfg.n_ahead)
 
 
 @dataclass
 class BuildReport:
     counts: dict[str, int]
-    per_group: pl.DataFrame  # split, symbol, freq_min, windows
+    per_group: pl.DataFrame  # split, symbol, freq_min, windows, first_start, last_start
     dropped_bad_normaliser: int
     directory: Path
+    dropped_no_volume: int = 0
 
 
 def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: str | Path) -> BuildReport:
-    """Cut every series into windows and write them, merged, as float32 ``.npy`` per split and
-    array plus ``index.parquet`` (split, row, symbol, freq_min, start_time). The directory is
-    replaced whole: a crash leaves the previous complete set."""
+    """Plan every series' windows and write them, merged: the per-bar arrays of all series end
+    to end, one start row per window and split, ``index.parquet`` (split, row, symbol, freq_min,
+    times) and ``meta.json`` (lem_model.window_dataset). The directory is replaced whole: a
+    crash leaves the previous complete set."""
     directory = Path(directory)
     plans = [plan_series(b, cfg) for b in series if len(b)]
+    offsets = [int(o) for o in np.cumsum([0] + [len(p.vwap) for p in plans])]
     with replaced_dir(directory) as tmp:
+        arrays = {name: np.lib.format.open_memmap(bars_file(tmp, name), mode="w+", dtype=dtype, shape=shape)
+                  for name, dtype, shape in (("features", np.float32, (offsets[-1], cfg.n_features - 2)),
+                                             ("vwap", np.float64, (offsets[-1],)), ("volume", np.float64, (offsets[-1],)),
+                                             ("vol_norm", np.float64, (offsets[-1],)))}
+        for p, lo, hi in zip(plans, offsets[:-1], offsets[1:]):
+            for name, values in zip(BAR_ARRAYS, (p.feats, p.vwap, p.volume, p.vol_norm)):
+                arrays[name][lo:hi] = values
+        del arrays  # unmapped; the kernel writes the pages back (a flush here would wait on the disk)
         index_parts = []
         counts = {}
         for split in SPLITS:
-            total = sum(len(p.starts[split]) for p in plans)
-            counts[split] = total
-            mm = {name: np.lib.format.open_memmap(array_file(tmp, split, name), mode="w+", dtype=np.float32, shape=shape)
-                  for name, shape in (("x", (total, cfg.seq_len, cfg.n_features)), ("volumes", (total, cfg.n_ahead)),
-                                      ("prices", (total, cfg.n_ahead)))}
+            starts = [p.starts[split] + lo for p, lo in zip(plans, offsets[:-1])]
+            counts[split] = sum(len(s) for s in starts)
+            np.save(starts_file(tmp, split), np.concatenate(starts) if starts else np.zeros(0, np.int64))
             row = 0
             for p in plans:
-                starts = p.starts[split]
-                if not len(starts):
+                r = p.starts[split]
+                if not len(r):
                     continue
-                sl = slice(row, row + len(starts))
-                fill_windows(p, starts, cfg, mm["x"][sl], mm["volumes"][sl], mm["prices"][sl])
                 index_parts.append(pl.DataFrame({
-                    "split": split, "row": np.arange(sl.start, sl.stop), "symbol": p.symbol, "freq_min": p.freq_min,
-                    "first_time": p.open_time[starts - cfg.lookback], "start_time": p.open_time[starts],
-                    "end_time": p.open_time[starts + cfg.n_ahead - 1],
+                    "split": split, "row": np.arange(row, row + len(r)), "symbol": p.symbol, "freq_min": p.freq_min,
+                    "first_time": p.open_time[r - cfg.lookback], "start_time": p.open_time[r],
+                    "end_time": p.open_time[r + cfg.n_ahead - 1],
                 }).with_columns(pl.col(TIME_COLUMNS).dt.replace_time_zone("UTC")))
-                row = sl.stop
-            del mm  # unmapped; the kernel writes the pages back (a flush here would wait on the disk)
+                row += len(r)
         index = (pl.concat(index_parts) if index_parts else pl.DataFrame(
             schema={"split": pl.String, "row": pl.Int64, "symbol": pl.String, "freq_min": pl.Int64}
             | {c: pl.Datetime("us", "UTC") for c in TIME_COLUMNS}))
         index.write_parquet(tmp / INDEX_FILE)
         dropped = sum(p.dropped_bad_normaliser for p in plans)
+        no_volume = sum(p.dropped_no_volume for p in plans)
         meta = {"config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()},
-                "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "dropped_bad_normaliser": dropped,
+                "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "bars": int(offsets[-1]),
+                "dropped_bad_normaliser": dropped, "dropped_no_volume": no_volume,
                 "built_at": datetime.now(timezone.utc).isoformat()}
         meta_file(tmp).write_text(json.dumps(meta, indent=2))
-    per_group = (index.group_by("split", "symbol", "freq_min").agg(pl.len().alias("windows"))
+    per_group = (index.group_by("split", "symbol", "freq_min")
+                 .agg(pl.len().alias("windows"), pl.col("start_time").min().alias("first_start"),
+                      pl.col("start_time").max().alias("last_start"))
                  .sort("split", "symbol", "freq_min"))
-    return BuildReport(counts, per_group, dropped, directory)
+    return BuildReport(counts, per_group, dropped, directory, no_volume)
 
 
 def read_meta(path: str | Path) -> dict:

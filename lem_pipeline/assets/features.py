@@ -24,6 +24,7 @@ def _windows_result(report: BuildReport, cfg: WindowConfig) -> dg.MaterializeRes
         "path": dg.MetadataValue.path(str(report.directory)),
         **{f"{s}_windows": report.counts[s] for s in SPLITS},
         "dropped_bad_normaliser": report.dropped_bad_normaliser,
+        "dropped_no_volume": report.dropped_no_volume,
         "counts": dg.MetadataValue.md(markdown(report.per_group)),
         "lookback": cfg.lookback, "n_ahead": cfg.n_ahead, "norm_window": cfg.norm_window,
         "val_start": cfg.val_start.isoformat(), "test_start": cfg.test_start.isoformat(),
@@ -39,7 +40,8 @@ def _bars_result(lake: DataLake, dataset: str, rows: list[dict]) -> dg.Materiali
 
 def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=["binance_klines"], group_name="features", kinds={"polars", "parquet"},
-              description="Klines resampled per symbol and frequency on a UTC grid; VWAP; contiguous segments.")
+              description="Klines resampled per symbol and frequency on a UTC grid; VWAP; segments, with "
+                          "short outages bridged (zero-volume bars, flagged).")
     def crypto_bars(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
         rows = []
         for stream in preset.streams:
@@ -48,13 +50,14 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             if klines.is_empty():
                 context.log.warning(f"{stream.symbol}: no klines materialised yet; skipped")
                 continue
-            cfg = ResampleConfig(base_minutes=interval_seconds(stream.interval) // 60,
-                                 max_missing_base=preset.max_missing_base)
+            base_minutes = interval_seconds(stream.interval) // 60
+            cfg = ResampleConfig(base_minutes=base_minutes, max_missing_base=preset.bridge_minutes // base_minutes)
             for freq in preset.crypto_frequencies:
                 bars = resample_klines(klines.filter(pl.col("volume").is_not_null()), freq, cfg)
                 write_parquet_atomic(bars, lake.bars_file("crypto", stream.symbol, freq))
                 rows.append({"symbol": stream.symbol, "freq_min": freq, "bars": len(bars),
-                             "segments": bars["segment"].n_unique(), "zero_volume_bars": int((bars["volume"] == 0).sum())})
+                             "segments": bars["segment"].n_unique(), "zero_volume_bars": int((bars["volume"] == 0).sum()),
+                             "bridged_bars": int(bars["bridged"].sum())})
         return _bars_result(lake, "crypto", rows)
 
     @dg.asset(deps=["yahoo_daily_bars"], group_name="features", kinds={"polars", "parquet"},

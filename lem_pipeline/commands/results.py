@@ -8,14 +8,17 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
+
 from lem_model.evaluate import SIDES, EvalArrays, headline, main_table
+from lem_model.window_dataset import SPLITS
 from lem_model.vocabulary import Target
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
-from lem_pipeline.reporting import markdown, stats_frame
-from lem_pipeline.windows import read_meta
+from lem_pipeline.reporting import frequency_label, markdown, stats_frame
+from lem_pipeline.windows import read_index, read_meta
 
 HOW = "`lem run && lem lookahead && lem results`"
 
@@ -32,6 +35,36 @@ def _lookahead_table(causal: EvalArrays, lookahead: EvalArrays, val: dict[bool, 
             lines.append(f"| {side} | {label} | {a.mean():.2f} | {a.std():.2f} | {b.mean():.2f} | {b.std():.2f} |")
     lines.append(f"| best validation loss | | {val[True]:.5f} | | {val[False]:.5f} | |")
     return "\n".join(lines)
+
+
+MIN_TEST_WINDOWS = 200  # below this a frequency's table rests on too few independent periods
+
+
+def window_counts(windows_dir: Path) -> pl.DataFrame:
+    """Windows per split and frequency, with the first and last execution start."""
+    return (read_index(windows_dir).group_by("split", "freq_min")
+            .agg(pl.len().alias("windows"), pl.col("start_time").min().dt.date().alias("first_start"),
+                 pl.col("start_time").max().dt.date().alias("last_start"))
+            .sort("freq_min", pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)})))
+
+
+def _crypto_section(lake: DataLake, preset) -> list[str]:
+    meta = read_meta(lake.windows_dir("crypto"))
+    c = meta["config"]
+    counts = window_counts(lake.windows_dir("crypto"))
+    parts = ["## Crypto (Binance spot, from 1h candles)", "",
+             f"Windows: {meta['counts']} (stride {c['stride']}; validation from {c['val_start']}, test from "
+             f"{c['test_start']}). Per split and frequency:", "", markdown(counts), ""]
+    for freq in preset.crypto_frequencies:
+        label = frequency_label(freq)
+        n_test = int(counts.filter((pl.col("split") == "test") & (pl.col("freq_min") == freq))["windows"].sum())
+        table = lake.evaluation_dir("crypto") / f"crypto_{label}_main.md"
+        if n_test == 0 or not table.exists():
+            parts += [f"### {label}: no test windows", "", "Nothing to evaluate at this frequency.", ""]
+            continue
+        warning = f", fewer than {MIN_TEST_WINDOWS}: read with care" if n_test < MIN_TEST_WINDOWS else ""
+        parts += [f"### {label} ({n_test} test windows{warning})", "", table.read_text(), ""]
+    return parts
 
 
 def generate(local, lake: DataLake, out: Path) -> None:
@@ -67,13 +100,7 @@ def generate(local, lake: DataLake, out: Path) -> None:
         "",
     ]
     if lake.windows_dir("crypto").exists():
-        meta = read_meta(lake.windows_dir("crypto"))
-        c = meta["config"]
-        parts += ["## Crypto (Binance spot, from 1h candles)", "",
-                  f"Windows: {meta['counts']} (stride {c['stride']}; validation from {c['val_start']}, test from "
-                  f"{c['test_start']}).", ""]
-        for md in sorted(lake.evaluation_dir("crypto").glob("*_main.md")):
-            parts += [f"### {md.stem.replace('_main', '').replace('crypto_', '')}", "", md.read_text(), ""]
+        parts += _crypto_section(lake, preset)
     parts += ["## The look-ahead finding", ""]
     try:
         lookahead = latest_metadata(instance, "equity_lookahead_evaluation")

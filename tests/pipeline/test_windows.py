@@ -56,7 +56,7 @@ def test_hand_computed_features_normalisers_and_targets(tmp_path):
         want_x = []
         for t in range(r - L, r + N - 1):
             want_x.append([v[t] / norm(t), vwap[t] / vwap[t - 1] - 1, times[t].hour / 24, times[t].weekday() / 7,
-                           60 / 1440, vwap[t] / vwap[r - L], v[t] / s])
+                           60 / 1440, 0.0, vwap[t] / vwap[r - L], v[t] / s])  # 0.0: no bridged outage here
         want_v = [v[t] / s for t in range(r, r + N)]
         want_p = [vwap[t] / vwap[r - L] for t in range(r, r + N)]
         x, vol, px = ds[i]
