@@ -48,6 +48,7 @@ class WindowConfig:
     n_ahead: int = 12
     norm_window: int = 336
     stride: int = 1  # keep every stride-th execution start (per series)
+    test_stride: int | None = None  # the test split's, when it should be denser (evaluation is cheap); None: stride
     val_start: date = date(2017, 1, 1)
     test_start: date = date(2020, 1, 1)
     seasonality: Seasonality = "daily"
@@ -142,16 +143,13 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     out.dropped_no_volume = int((structural & norm_ok & ~traded).sum())
     valid = structural & norm_ok & traded
     r, first, last = r[valid], first[valid], last[valid]
-    keep = (r - r[0]) % cfg.stride == 0 if len(r) else np.zeros(0, bool)
-    r, first, last = r[keep], first[keep], last[keep]
     val_t = np.datetime64(datetime.combine(cfg.val_start, datetime.min.time()), "us")
     test_t = np.datetime64(datetime.combine(cfg.test_start, datetime.min.time()), "us")
     t0, t1 = times[first], times[last]
-    out.starts = {
-        "train": r[t1 < val_t],
-        "val": r[(t0 >= val_t) & (t1 < test_t)],
-        "test": r[t0 >= test_t],
-    }
+    in_split = {"train": t1 < val_t, "val": (t0 >= val_t) & (t1 < test_t), "test": t0 >= test_t}
+    stride = {"train": cfg.stride, "val": cfg.stride, "test": cfg.test_stride or cfg.stride}
+    # every stride-th start of the series (one phase for all splits), inside its split
+    out.starts = {split: r[in_split[split] & ((r - r[:1]) % stride[split] == 0)] for split in SPLITS}
     return out
 
 
