@@ -53,8 +53,9 @@ def _crypto_section(lake: DataLake, preset) -> list[str]:
     c = meta["config"]
     counts = window_counts(lake.windows_dir("crypto"))
     parts = ["## Crypto (Binance spot, from 1h candles)", "",
-             f"Windows: {meta['counts']} (stride {c['stride']}; validation from {c['val_start']}, test from "
-             f"{c['test_start']}). Per split and frequency:", "", markdown(counts), ""]
+             f"Windows: {meta['counts']} (stride {c['stride']}, test stride {c.get('test_stride') or c['stride']}; "
+             f"validation from {c['val_start']}, test from {c['test_start']}). Per split and frequency:", "",
+             markdown(counts), ""]
     for freq in preset.crypto_frequencies:
         label = frequency_label(freq)
         n_test = int(counts.filter((pl.col("split") == "test") & (pl.col("freq_min") == freq))["windows"].sum())

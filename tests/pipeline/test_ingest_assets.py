@@ -164,3 +164,21 @@ def test_yahoo_partitions_through_dagster(dagster_home, tmp_path):
     assert str(aapl["date"][0]) == raw["Date"][0] and str(aapl["date"][-1]) == raw["Date"][-1] == "2024-03-08"
     meta = materialization(instance, "yahoo_daily_bars", "KO")
     assert meta["rows"].value == len(pl.read_csv(YAHOO_DIR / "KO.csv"))
+
+
+def test_gap_check_reports_every_missing_candle_of_a_bridged_month(mirror, dagster_home, tmp_path):
+    """Bridging outages downstream hides nothing upstream: the ingest warning check still counts
+    every missing candle of April 2021 (the outages of the 20th and 25th among them)."""
+    defs = make_defs(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    k = key("BTCUSDT", "2021-04")
+    assert run_partitions(defs, "crypto_ingest_job", instance, [k], progress=False).failed == {}
+    times = [ms(line) for line in source_lines(BTC, "2021-04")]
+    missing = sum(int((b - a).total_seconds() // 3600) - 1 for a, b in zip(times, times[1:]))
+    assert missing >= 5  # 2 + 3 hours of outage, and single missing hours
+    check_key = dg.AssetCheckKey(dg.AssetKey("binance_klines"), "no_gaps")
+    evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[
+        check_key].event.dagster_event.event_specific_data
+    assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["missing_bars"].value == missing
+    assert materialization(instance, "binance_klines", k)["missing_bars"].value == missing

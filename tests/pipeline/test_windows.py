@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import date, datetime, timedelta, timezone
 
@@ -182,3 +183,15 @@ def test_dow_30_sample_counts(tmp_path):
     assert report.counts == want
     assert report.dropped_bad_normaliser == 0
     print("Dow 30 windows:", report.counts, "paper: 100,864 / 22,528 / 37,376")
+
+
+def test_the_test_split_can_be_denser_than_training():
+    bars = resample_klines(klines(BTC_1H, months("2020-01", "2021-11")), 60, ResampleConfig(base_minutes=60))
+    cfg = WindowConfig(lookback=120, n_ahead=12, val_start=date(2021, 5, 1), test_start=date(2021, 8, 1),
+                       seasonality="intraday")
+    every = plan_series(bars, cfg).starts
+    sparse = plan_series(bars, dataclasses.replace(cfg, stride=8, test_stride=4)).starts
+    phase = min(int(s[0]) for s in every.values() if len(s))  # one phase for the whole series
+    for split, step in (("train", 8), ("val", 8), ("test", 4)):
+        want = every[split][(every[split] - phase) % step == 0]
+        assert len(want) > 10 and np.array_equal(sparse[split], want), split
