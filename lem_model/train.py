@@ -233,8 +233,10 @@ def train(
     if cfg.compile_recurrence:
         model.compile_recurrence()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # eps=0: Keras cuts the rate however small it is; torch's default eps=1e-8 would stop the
+    # paper's 1e-5 from going below 1e-8.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience)
+                                                           patience=cfg.lr_patience, eps=0.0)
     stopper = EarlyStopping(cfg.early_stop_patience)
     result = TrainResult(device=str(device))
     first_epoch = 0

@@ -37,7 +37,7 @@ def finite_windows(directory: Path) -> dg.AssetCheckResult:
 
 
 def windows_inside_splits(directory: Path, cfg: WindowConfig) -> dg.AssetCheckResult:
-    """Every window's bars lie inside its split's dates (the boundaries are purged)."""
+    """Every window's bars lie inside the split dates of ``cfg`` (the boundaries are purged)."""
     index = read_index(directory)
     val = pl.lit(cfg.val_start).cast(pl.Datetime("us", "UTC"))
     test = pl.lit(cfg.test_start).cast(pl.Datetime("us", "UTC"))

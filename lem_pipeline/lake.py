@@ -8,7 +8,7 @@ Layout under ``root`` (``LEM_DATA_DIR``, default ``./data``)::
     bars/{dataset}/{SYMBOL}_{freq}m.parquet      resampled bars per series
     windows/{dataset}/                           windows, targets and splits (lem_pipeline.windows)
     models/{name}/                               a trained model (lem_model.saved_model + windows.json)
-    training/{name}/{run_id}/                    the training state of one run, for resuming
+    training/{name}/{run_id}/                    the training state of a run in progress (removed when it succeeds)
     evaluation/{name}/                           tables, plots and the slippage arrays
 
 ``dataset`` is ``crypto`` or ``equity``; a model or evaluation ``name`` is a dataset or a
@@ -70,9 +70,6 @@ class DataLake(dg.ConfigurableResource):
     def bars_file(self, dataset: str, symbol: str, freq_min: int) -> Path:
         return self.bars_dir(dataset) / f"{symbol}_{freq_min}m.parquet"
 
-    def bars_files(self, dataset: str) -> list[Path]:
-        return sorted(self.bars_dir(dataset).glob("*.parquet"))
-
     def windows_dir(self, dataset: str) -> Path:
         return self.path / "windows" / dataset
 
@@ -89,8 +86,6 @@ class DataLake(dg.ConfigurableResource):
     def slippage_file(self, name: str) -> Path:
         return self.evaluation_dir(name) / SLIPPAGE_FILE
 
-    def test_index_file(self, name: str) -> Path:
-        return self.evaluation_dir(name) / TEST_INDEX_FILE
 
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:

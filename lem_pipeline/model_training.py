@@ -4,6 +4,7 @@ assets and by ``torchrun -m lem_pipeline.train_ddp``."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
         save_trained(model, windows_dir, out)
         model_uri = log_model(model, train_set)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`
+    shutil.rmtree(state_dir, ignore_errors=True)  # the run succeeded: its resumable state is done with
     return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from lem_model.fileio import replaced_dir
 from lem_model.model import LargeExecutionModel
 from lem_model.saved_model import load_model, save_model
 from lem_pipeline.windows import WindowConfig, meta_file, read_meta
@@ -16,8 +17,10 @@ MLFLOW_ARTIFACT = "model_state"  # where a training run logs this directory
 
 
 def save_trained(model: LargeExecutionModel, windows_dir: Path, out: Path) -> Path:
-    save_model(model, out)
-    shutil.copyfile(meta_file(windows_dir), out / WINDOWS_META)
+    """Write the directory aside and swap it in whole: never a model beside another's config."""
+    with replaced_dir(out) as tmp:
+        save_model(model, tmp)
+        shutil.copyfile(meta_file(windows_dir), tmp / WINDOWS_META)
     return out
 
 

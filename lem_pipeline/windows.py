@@ -217,11 +217,16 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
                 "dropped_bad_normaliser": dropped, "dropped_no_volume": no_volume,
                 "built_at": datetime.now(timezone.utc).isoformat()}
         meta_file(tmp).write_text(json.dumps(meta, indent=2))
-    per_group = (index.group_by("split", "symbol", "freq_min")
-                 .agg(pl.len().alias("windows"), pl.col("start_time").min().alias("first_start"),
-                      pl.col("start_time").max().alias("last_start"))
-                 .sort("split", "symbol", "freq_min"))
-    return BuildReport(counts, per_group, dropped, directory, no_volume)
+    return BuildReport(counts, window_counts(index), dropped, directory, no_volume)
+
+
+def window_counts(index: pl.DataFrame) -> pl.DataFrame:
+    """Windows per split, frequency and symbol, with the first and last execution start (UTC date)."""
+    order = pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)}, return_dtype=pl.Int8)
+    return (index.group_by("split", "freq_min", "symbol")
+            .agg(pl.len().alias("windows"), pl.col("start_time").min().dt.date().alias("first_start"),
+                 pl.col("start_time").max().dt.date().alias("last_start"))
+            .sort(order, "freq_min", "symbol"))
 
 
 def read_meta(path: str | Path) -> dict:

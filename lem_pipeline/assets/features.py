@@ -1,7 +1,5 @@
 """Features: regular bars per (symbol, frequency), then windows, targets and time splits."""
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
@@ -13,10 +11,6 @@ from lem_pipeline.presets import Preset
 from lem_pipeline.reporting import markdown
 from lem_pipeline.sources.binance import interval_seconds
 from lem_pipeline.windows import BuildReport, WindowConfig, build_windows
-
-
-def _read_bars(files: list[Path]) -> list[pl.DataFrame]:
-    return [pl.read_parquet(f) for f in files]
 
 
 def _windows_result(report: BuildReport, cfg: WindowConfig) -> dg.MaterializeResult:
@@ -74,12 +68,20 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             rows.append({"symbol": ticker, "bars": len(bars)})
         return _bars_result(lake, "equity", rows)
 
+    def preset_bars(lake: DataLake, dataset: str) -> list[pl.DataFrame]:
+        """The bars of exactly this preset's series (not whatever else a shared data dir holds)."""
+        if dataset == "crypto":
+            files = [lake.bars_file(dataset, s.symbol, f) for s in preset.streams for f in preset.crypto_frequencies]
+        else:
+            files = [lake.bars_file(dataset, t, DAILY_MINUTES) for t in preset.tickers]
+        return [pl.read_parquet(f) for f in files if f.exists()]
+
     def windows_asset(dataset: str, bars_asset: dg.AssetsDefinition, cfg: WindowConfig) -> dg.AssetsDefinition:
         @dg.asset(name=f"{dataset}_windows", deps=[bars_asset], group_name="features", kinds={"numpy", "parquet"},
                   description=f"{dataset.capitalize()} windows of every series merged, with targets, "
                               "split by date with purging.")
         def _windows(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
-            report = build_windows(_read_bars(lake.bars_files(dataset)), cfg, lake.windows_dir(dataset))
+            report = build_windows(preset_bars(lake, dataset), cfg, lake.windows_dir(dataset))
             context.log.info(f"{dataset} windows: {report.counts}, dropped (bad normaliser): "
                              f"{report.dropped_bad_normaliser}")
             return _windows_result(report, cfg)

@@ -11,56 +11,48 @@ from pathlib import Path
 import polars as pl
 
 from lem_model.evaluate import SIDES, EvalArrays, headline, main_table
-from lem_model.window_dataset import SPLITS
 from lem_model.vocabulary import Target
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
 from lem_pipeline.reporting import frequency_label, markdown, stats_frame
-from lem_pipeline.windows import read_index, read_meta
+from lem_pipeline.windows import read_index, read_meta, window_counts
 
 HOW = "`lem run && lem lookahead && lem results`"
 
 
 def _lookahead_table(causal: EvalArrays, lookahead: EvalArrays, val: dict[bool, float]) -> str:
     N = causal.n_ahead
-    lines = ["| order | min period | causal mean | causal std | look-ahead mean | look-ahead std |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for side, kind, _ in SIDES:
         for m in sorted({1, N // 2, N - 2, N}) + [N + 1]:
-            j = m - 1
-            label = "Match VWAP" if j == N else str(m)
-            a, b = causal.model_bps[:, j, kind, Target.VOLUME], lookahead.model_bps[:, j, kind, Target.VOLUME]
-            lines.append(f"| {side} | {label} | {a.mean():.2f} | {a.std():.2f} | {b.mean():.2f} | {b.std():.2f} |")
-    lines.append(f"| best validation loss | | {val[True]:.5f} | | {val[False]:.5f} | |")
-    return "\n".join(lines)
+            a, b = causal.model_bps[:, m - 1, kind, Target.VOLUME], lookahead.model_bps[:, m - 1, kind, Target.VOLUME]
+            rows.append([side, "Match VWAP" if m - 1 == N else str(m), a.mean(), a.std(), b.mean(), b.std()])
+    table = pl.DataFrame(rows, schema=["order", "min period", "causal mean", "causal std", "look-ahead mean",
+                                       "look-ahead std"], orient="row")
+    loss = f"| best validation loss | | {val[True]:.5f} | | {val[False]:.5f} | |"
+    return markdown(table, decimals=2) + "\n" + loss
 
 
 MIN_TEST_WINDOWS = 200  # below this a frequency's table rests on too few independent periods
 
 
-def window_counts(windows_dir: Path) -> pl.DataFrame:
-    """Windows per split and frequency, with the first and last execution start."""
-    return (read_index(windows_dir).group_by("split", "freq_min")
-            .agg(pl.len().alias("windows"), pl.col("start_time").min().dt.date().alias("first_start"),
-                 pl.col("start_time").max().dt.date().alias("last_start"))
-            .sort("freq_min", pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)})))
-
-
-def _crypto_section(lake: DataLake, preset) -> list[str]:
+def _crypto_section(lake: DataLake, instance, preset) -> list[str]:
     meta = read_meta(lake.windows_dir("crypto"))
     c = meta["config"]
-    counts = window_counts(lake.windows_dir("crypto"))
-    parts = ["## Crypto (Binance spot, from 1h candles)", "",
+    counts = window_counts(read_index(lake.windows_dir("crypto")))
+    tables = {Path(csv).stem: Path(csv).with_suffix(".md")
+              for csv in latest_metadata(instance, "crypto_evaluation")["tables"].values()}
+    parts = ["## Crypto (Binance spot)", "",
              f"Windows: {meta['counts']} (stride {c['stride']}, test stride {c.get('test_stride') or c['stride']}; "
-             f"validation from {c['val_start']}, test from {c['test_start']}). Per split and frequency:", "",
+             f"validation from {c['val_start']}, test from {c['test_start']}). Per split, frequency and symbol:", "",
              markdown(counts), ""]
     for freq in preset.crypto_frequencies:
         label = frequency_label(freq)
         n_test = int(counts.filter((pl.col("split") == "test") & (pl.col("freq_min") == freq))["windows"].sum())
-        table = lake.evaluation_dir("crypto") / f"crypto_{label}_main.md"
-        if n_test == 0 or not table.exists():
+        table = tables.get(f"crypto_{label}_main")
+        if n_test == 0 or table is None:
             parts += [f"### {label}: no test windows", "", "Nothing to evaluate at this frequency.", ""]
             continue
         warning = f", fewer than {MIN_TEST_WINDOWS}: read with care" if n_test < MIN_TEST_WINDOWS else ""
@@ -68,13 +60,47 @@ def _crypto_section(lake: DataLake, preset) -> list[str]:
     return parts
 
 
-def generate(local, lake: DataLake, out: Path) -> None:
-    preset, instance = local.preset, local.instance
+def _equity_section(lake: DataLake, instance, preset) -> tuple[list[str], dict]:
     equity = latest_metadata(instance, "equity_lem_model")
     causal = EvalArrays.load(lake.slippage_file("equity"))
     h = headline(causal)
-    size, training = preset.model, preset.training
     eq = read_meta(lake.windows_dir("equity"))
+    c = eq["config"]
+    return [
+        f"## Equity (daily, {', '.join(preset.tickers)})",
+        "",
+        f"Windows: {eq['counts']} (lookback {c['lookback']}, horizon {c['n_ahead']}, stride {c['stride']}; validation "
+        f"from {c['val_start']}, test from {c['test_start']}). MLflow run `{equity['mlflow_run_id']}`.",
+        "",
+        markdown(stats_frame(main_table(causal), units=False), decimals=2),
+        "",
+        f"Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps against TWAP volume {h['test_twap_volume_std_bps']:.2f} "
+        f"bps: a reduction of {100 * h['test_match_vwap_std_reduction']:.1f}%.",
+        "",
+    ], equity
+
+
+def _lookahead_section(lake: DataLake, instance, equity: dict) -> list[str]:
+    parts = ["## The look-ahead finding", ""]
+    try:
+        lookahead = latest_metadata(instance, "equity_lookahead_evaluation")
+    except NotMaterializedError:
+        return parts + ["Not measured yet: run `lem lookahead`, then `lem results` again.", ""]
+    return parts + [
+        "The reference `lems` 0.1.1 decides execution step k from the bar it trades in (docs/DESIGN.md). Same "
+        "data, same settings, same seed, trained twice: `causal=True` (ours) and `causal=False` (the reference "
+        "alignment). The look-ahead model's numbers are not achievable in live trading. MLflow runs: causal "
+        f"`{equity['mlflow_run_id']}`, look-ahead `{lookahead['mlflow_run_id']}`.",
+        "",
+        _lookahead_table(EvalArrays.load(lake.slippage_file("equity")), EvalArrays.load(lake.slippage_file(LOOKAHEAD)),
+                         {True: float(equity["best_val_loss"]), False: float(lookahead["best_val_loss"])}),
+        "",
+    ]
+
+
+def generate(local, lake: DataLake, out: Path) -> None:
+    preset, instance = local.preset, local.instance
+    size, training = preset.model, preset.training
     parts = [
         f"# Results ({preset.name} preset)",
         "",
@@ -88,36 +114,15 @@ def generate(local, lake: DataLake, out: Path) -> None:
         "loss. Slippage in bps against the benchmark over the bars each order executed (VWAP, volume target, unless "
         "said otherwise). Buys want negative numbers, sells positive.",
         "",
-        f"## Equity (daily, {', '.join(preset.tickers)})",
-        "",
-        f"Windows: {eq['counts']} (lookback {eq['config']['lookback']}, horizon {eq['config']['n_ahead']}, stride "
-        f"{eq['config']['stride']}; validation from {eq['config']['val_start']}, test from "
-        f"{eq['config']['test_start']}). MLflow run `{equity['mlflow_run_id']}`.",
-        "",
-        markdown(stats_frame(main_table(causal), units=False), decimals=2),
-        "",
-        f"Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps against TWAP volume {h['test_twap_volume_std_bps']:.2f} "
-        f"bps: a reduction of {100 * h['test_match_vwap_std_reduction']:.1f}%.",
-        "",
     ]
-    if lake.windows_dir("crypto").exists():
-        parts += _crypto_section(lake, preset)
-    parts += ["## The look-ahead finding", ""]
-    try:
-        lookahead = latest_metadata(instance, "equity_lookahead_evaluation")
-    except NotMaterializedError:
-        parts += ["Not measured yet: run `lem lookahead`, then `lem results` again.", ""]
-    else:
-        parts += [
-            "The reference `lems` 0.1.1 decides execution step k from the bar it trades in (docs/DESIGN.md). Same "
-            "data, same settings, same seed, trained twice: `causal=True` (ours) and `causal=False` (the reference "
-            "alignment). The look-ahead model's numbers are not achievable in live trading. MLflow runs: causal "
-            f"`{equity['mlflow_run_id']}`, look-ahead `{lookahead['mlflow_run_id']}`.",
-            "",
-            _lookahead_table(causal, EvalArrays.load(lake.slippage_file(LOOKAHEAD)),
-                             {True: float(equity["best_val_loss"]), False: float(lookahead["best_val_loss"])}),
-            "",
-        ]
+    equity = None
+    if preset.tickers:
+        section, equity = _equity_section(lake, instance, preset)
+        parts += section
+    if preset.streams:
+        parts += _crypto_section(lake, instance, preset)
+    if equity is not None:
+        parts += _lookahead_section(lake, instance, equity)
     out.write_text("\n".join(parts))
 
 

@@ -122,7 +122,7 @@ def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, 
     assert result.best_epoch == 0
     assert all(h["val_loss"] >= result.history[0]["val_loss"] for h in result.history)
     lrs = [h["lr"] for h in result.history]  # the rate each epoch trained with
-    assert lrs[:3] == [1e-30] * 3 and lrs[3] == pytest.approx(1e-31, rel=1e-9)
+    assert lrs[:3] == [1e-30] * 3 and lrs[3] == pytest.approx(1e-31, rel=1e-9, abs=0)
     saved = load_training_state(tmp_path / "state" / TRAINING_STATE)
     best = saved["early_stopping"]["best_state"]
     assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())  # the best weights restored
