@@ -88,6 +88,19 @@ class DataLake(dg.ConfigurableResource):
 
 
 
+class EmptyReplacementError(RuntimeError):
+    """New data with no rows would replace a file that has some."""
+
+
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
-    """Write beside the target and rename: a crash never leaves a half file under the real name."""
+    """Write beside the target and rename: a crash never leaves a half file under the real name.
+
+    An empty frame never replaces a file that has rows: a source that answers nothing (a
+    missing mirror, an empty download) must not wipe data that was valid.
+    """
+    if df.is_empty() and path.exists():
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+        if rows:
+            raise EmptyReplacementError(f"refusing to replace {path} ({rows} rows) with an empty frame: the source "
+                                        "returned no rows; the file is kept")
     atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd", statistics=True))

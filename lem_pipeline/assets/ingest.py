@@ -90,6 +90,9 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         for r in files.results:
             context.log.info(f"{r.status}: {r.url}")
         df = read_month(files.paths).with_columns(pl.lit(stream.symbol).alias("symbol"))
+        if files.listed and df.is_empty():
+            raise dg.Failure(f"{stream.symbol} {month:%Y-%m}: {', '.join(r.url for r in files.results)} is listed "
+                             "but holds no rows; nothing written")
         df = df.select("symbol", *[c for c in df.columns if c != "symbol"])
         if not files.listed:
             context.log.warning(f"{stream.symbol} {month:%Y-%m}: not listed at {binance.base_url} (404); recorded, empty partition")

@@ -192,6 +192,9 @@ class BinanceDataVision:
         self._local_root = Path(unquote(parsed.path)) if parsed.scheme == "file" else None
         if parsed.scheme not in ("http", "https", "file"):
             raise ValueError(f"Binance base URL must be http(s):// or file://, got {base_url!r}")
+        if self._local_root is not None and not self._local_root.is_dir():
+            # Every file would answer "not listed": a missing mirror must not pass for empty months.
+            raise DataVisionError(f"{base_url}: no such directory (LEM_BINANCE_URL must point at a Data Vision tree)")
 
     def url(self, rel_path: str) -> str:
         return f"{self.base_url}/{rel_path}"

@@ -67,7 +67,10 @@ class CsvDirectorySource:
         missing = set(_CSV_NAMES) - set(raw.columns)
         if missing:
             raise YahooSourceError(f"{ticker}: {path} lacks the columns {sorted(missing)}")
-        return _finish(raw.rename(_CSV_NAMES).select(list(_CSV_NAMES.values())), start, end)
+        out = _finish(raw.rename(_CSV_NAMES).select(list(_CSV_NAMES.values())), start, end)
+        if out.is_empty():
+            raise YahooSourceError(f"{ticker}: {path} has no rows between {start} and {end}")
+        return out
 
 
 class YFinanceSource:
