@@ -48,9 +48,20 @@ class EvalArrays:
         z = np.load(path)
         return cls(**{k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files})
 
-    def subset(self, rows: np.ndarray) -> EvalArrays:
-        return EvalArrays(self.model_bps[rows], self.rule_bps[rows], self.twap_volume_bps[rows],
-                          self.twap_notional_bps[rows], self.mean_alloc, self.max_sum_error, self.all_finite)
+    @classmethod
+    def combine(cls, parts: list[tuple[np.ndarray, EvalArrays]]) -> EvalArrays:
+        """One set from the evaluations of disjoint groups of windows, ``(rows, arrays)`` each:
+        every window back at its row, the mean allocation weighted by each group's size."""
+        n = sum(len(rows) for rows, _ in parts)
+        per_window = {}
+        for name in ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps"):
+            like = getattr(parts[0][1], name)
+            per_window[name] = np.empty((n, *like.shape[1:]), like.dtype)
+            for rows, ev in parts:
+                per_window[name][rows] = getattr(ev, name)
+        mean_alloc = sum(len(rows) * ev.mean_alloc for rows, ev in parts) / max(n, 1)
+        return cls(**per_window, mean_alloc=mean_alloc, max_sum_error=max(ev.max_sum_error for _, ev in parts),
+                   all_finite=all(ev.all_finite for _, ev in parts))
 
 
 @torch.no_grad()

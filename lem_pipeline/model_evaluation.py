@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from torch.utils.data import Subset
 
 from lem_model.devices import resolve_device
 from lem_model.evaluate import EvalArrays, evaluate, headline
@@ -42,15 +43,19 @@ def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *
     test = WindowDataset(windows_dir, "test")
     index = read_index(windows_dir, "test")
     n_ahead = model.cfg.n_ahead
-    ev = evaluate(model, test, min_rate=1.0 / n_ahead**2, batch_size=batch_size, device=resolve_device(device))
+    freqs = index["freq_min"].to_numpy()
+    # One evaluation per frequency, so each frequency's mean execution curve is its own.
+    groups = {freq: np.nonzero(freqs == freq)[0] for freq in sorted(set(freqs.tolist()))}
+    per_freq = {freq: evaluate(model, Subset(test, rows.tolist()), min_rate=1.0 / n_ahead**2, batch_size=batch_size,
+                               device=resolve_device(device)) for freq, rows in groups.items()}
+    ev = EvalArrays.combine([(groups[f], e) for f, e in per_freq.items()]) if per_freq else evaluate(
+        model, test, min_rate=1.0 / n_ahead**2, batch_size=batch_size, device=resolve_device(device))
     tables, plots = {}, []
     with replaced_dir(out) as tmp:
         ev.save(tmp / SLIPPAGE_FILE)
         index.write_parquet(tmp / TEST_INDEX_FILE)
-        freqs = index["freq_min"].to_numpy()
-        for freq in sorted(set(freqs.tolist())):
+        for freq, sub in per_freq.items():
             label = f"{name}_{reporting.frequency_label(freq)}"
-            sub = ev.subset(np.nonzero(freqs == freq)[0])
             tables[label] = reporting.write_evaluation_tables(sub, tmp, label)
             plots += reporting.plot_evaluation(sub, tmp, label, title=f"{name} {reporting.frequency_label(freq)}")
     tables = {k: out / v.name for k, v in tables.items()}
