@@ -42,14 +42,16 @@ def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *
     model = load_model(model_dir)
     test = WindowDataset(windows_dir, "test")
     index = read_index(windows_dir, "test")
-    n_ahead = model.cfg.n_ahead
+
+    def run(data) -> EvalArrays:  # at the paper's rate limits
+        return evaluate(model, data, min_rate=1.0 / model.cfg.n_ahead**2, batch_size=batch_size,
+                        device=resolve_device(device))
+
     freqs = index["freq_min"].to_numpy()
     # One evaluation per frequency, so each frequency's mean execution curve is its own.
     groups = {freq: np.nonzero(freqs == freq)[0] for freq in sorted(set(freqs.tolist()))}
-    per_freq = {freq: evaluate(model, Subset(test, rows.tolist()), min_rate=1.0 / n_ahead**2, batch_size=batch_size,
-                               device=resolve_device(device)) for freq, rows in groups.items()}
-    ev = EvalArrays.combine([(groups[f], e) for f, e in per_freq.items()]) if per_freq else evaluate(
-        model, test, min_rate=1.0 / n_ahead**2, batch_size=batch_size, device=resolve_device(device))
+    per_freq = {freq: run(Subset(test, rows.tolist())) for freq, rows in groups.items()}
+    ev = EvalArrays.combine([(groups[f], e) for f, e in per_freq.items()]) if per_freq else run(test)
     tables, plots = {}, []
     with replaced_dir(out) as tmp:
         ev.save(tmp / SLIPPAGE_FILE)
