@@ -46,8 +46,9 @@ class YahooSource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """The resources of the code location, each setting bound to its environment variable."""
-    settings.apply_defaults()
+    """The resources of the code location, each setting bound to its environment variable (the
+    entry points fill in unset ones with ``settings.apply_defaults``; building never does, so
+    importing the definitions changes no environment)."""
     return {
         "mlflow": MLflowTracking(tracking_uri=dg.EnvVar(settings.MLFLOW_URI),
                                  artifact_root=dg.EnvVar(settings.MLFLOW_ARTIFACTS)),
