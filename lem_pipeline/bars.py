@@ -4,8 +4,9 @@ A segment is a stretch of the grid with no hole wider than the tolerance. Window
 inside one segment, so a window never spans a long outage. A short outage inside a segment is
 bridged: bars wholly inside it have zero volume and keep the previous bar's VWAP (forward fill,
 never one from across a segment's end), and every bar missing any of its base candles is
-flagged in ``bridged`` (1.0), so the model can see them. Exchange outages of a few hours would otherwise end a
-segment, and each new segment needs hundreds of bars of warm-up before its first window.
+flagged in ``bridged`` (1.0), so the model can see them. Exchange outages of a few hours would
+otherwise end a segment, and each new segment needs hundreds of bars of warm-up before its first
+window.
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ from lem_model.config import ModelSize
 from lem_model.serving import FixedRateLEM
 from lem_model.train import TrainConfig, TrainResult, seed_everything, train
 from lem_model.window_dataset import WindowDataset
+from lem_pipeline.lake import DataLake
+from lem_pipeline.presets import Preset
 from lem_pipeline.trained_model import MLFLOW_ARTIFACT, save_trained
 from lem_pipeline.tracking import MLflowTracking, git_commit
-from lem_pipeline.windows import read_index
+from lem_pipeline.windows import read_index, read_meta
 
 
 def windows_splits(windows_dir: Path) -> tuple[WindowDataset, WindowDataset]:
@@ -59,6 +61,7 @@ class TrainedModel:
     model_uri: str  # the MLflow model (pyfunc-loadable); falls back to the saved-model artifact
     model_dir: Path  # lem_pipeline.trained_model layout
     result: TrainResult
+    parameters: int
 
 
 def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: TrainConfig, *, name: str,
@@ -84,7 +87,21 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
         model_uri = log_model(model, train_set)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`
     shutil.rmtree(state_dir, ignore_errors=True)  # the run succeeded: its resumable state is done with
-    return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result)
+    return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result, model.num_parameters())
+
+
+def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: bool, preset: Preset, lake: DataLake,
+                    tracking: MLflowTracking, run_id: str, asset_key: str, log: Callable[[str], None]) -> TrainedModel:
+    """A fresh model trained on ``dataset``'s windows as ``name`` in the lake, for the Dagster run
+    ``run_id``: what the training and research assets share."""
+    windows = lake.windows_dir(dataset)
+    model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal)
+    tags = {"dagster.run_id": run_id, "dagster.asset_key": asset_key, "preset": preset.name, "lem.stage": "training"}
+    return train_on_windows(
+        model, windows, train_cfg, name=dataset, tracking=tracking, experiment=f"lem-{dataset}",
+        out=lake.model_dir(name), state_dir=lake.training_state_dir(name, run_id), tags=tags,
+        run_name=f"{dataset}-{'causal' if causal else 'lookahead'}-{run_id[:8]}",
+        params={"preset": preset.name, "dataset": dataset}, log=log)
 
 
 def log_model(model: LargeExecutionModel, data: WindowDataset) -> str:

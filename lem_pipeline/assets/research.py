@@ -14,10 +14,9 @@ from dagster import AssetExecutionContext
 
 from lem_pipeline.lake import DataLake
 from lem_pipeline.model_evaluation import evaluate_on_test
-from lem_pipeline.model_training import build_model, train_on_windows
+from lem_pipeline.model_training import train_for_asset
 from lem_pipeline.presets import Preset
 from lem_pipeline.tracking import MLflowTracking
-from lem_pipeline.windows import read_meta
 
 LOOKAHEAD = "equity-lookahead"  # its model and evaluation names in the data lake
 
@@ -28,20 +27,14 @@ def build_research_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                           "evaluated on the same windows and seed: what the leak is worth (lem results).")
     def equity_lookahead_evaluation(context: AssetExecutionContext, lake: DataLake,
                                     mlflow: MLflowTracking) -> dg.MaterializeResult:
-        run_id = context.run.run_id
-        windows = lake.windows_dir("equity")
         tcfg = dataclasses.replace(preset.training, progress=False)
-        model = build_model(read_meta(windows), preset.model, tcfg.seed, causal=False)
-        tags = {"dagster.run_id": run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-                "preset": preset.name, "lem.stage": "training"}
-        trained = train_on_windows(
-            model, windows, tcfg, name="equity", tracking=mlflow, experiment="lem-equity",
-            out=lake.model_dir(LOOKAHEAD), state_dir=lake.training_state_dir(LOOKAHEAD, run_id), tags=tags,
-            run_name=f"equity-lookahead-{run_id[:8]}", params={"preset": preset.name, "dataset": "equity"},
-            log=context.log.info)
+        trained = train_for_asset("equity", LOOKAHEAD, tcfg, causal=False, preset=preset, lake=lake, tracking=mlflow,
+                                  run_id=context.run.run_id, asset_key=context.asset_key.to_user_string(),
+                                  log=context.log.info)
         out = lake.evaluation_dir(LOOKAHEAD)
-        result = evaluate_on_test(LOOKAHEAD, trained.model_dir, windows, out, batch_size=tcfg.batch_size,
-                                  device=tcfg.device, tracking=mlflow, experiment="lem-equity", run_id=trained.run_id)
+        result = evaluate_on_test(LOOKAHEAD, trained.model_dir, lake.windows_dir("equity"), out,
+                                  batch_size=tcfg.batch_size, device=tcfg.device, tracking=mlflow,
+                                  experiment="lem-equity", run_id=trained.run_id)
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": trained.run_id,
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(trained.experiment_id, trained.run_id)),

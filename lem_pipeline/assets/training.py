@@ -8,11 +8,10 @@ import polars as pl
 from dagster import AssetExecutionContext
 
 from lem_pipeline.lake import DataLake
-from lem_pipeline.model_training import build_model, train_on_windows
+from lem_pipeline.model_training import train_for_asset
 from lem_pipeline.presets import DATASETS, Preset
 from lem_pipeline.reporting import markdown
 from lem_pipeline.tracking import MLflowTracking
-from lem_pipeline.windows import read_meta
 
 class TrainingRunConfig(dg.Config):
     """Per-run overrides of the preset's training settings (None keeps the preset's value)."""
@@ -27,20 +26,13 @@ class TrainingRunConfig(dg.Config):
 
 def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, config: TrainingRunConfig,
                   lake: DataLake, tracking: MLflowTracking) -> dg.MaterializeResult:
-    run_id = context.run.run_id
-    windows = lake.windows_dir(dataset)
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr), ("batch_size", config.batch_size),
                                    ("seed", config.seed)) if v is not None}
     tcfg = dataclasses.replace(preset.training, **overrides, compile_recurrence=config.compile_recurrence,
                                progress=False)
-    model = build_model(read_meta(windows), preset.model, tcfg.seed, causal=config.causal)
-    tags = {"dagster.run_id": run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-            "preset": preset.name, "lem.stage": "training"}
-    trained = train_on_windows(
-        model, windows, tcfg, name=dataset, tracking=tracking, experiment=f"lem-{dataset}",
-        out=lake.model_dir(dataset), state_dir=lake.training_state_dir(dataset, run_id), tags=tags,
-        run_name=f"{dataset}-{'causal' if config.causal else 'lookahead'}-{run_id[:8]}",
-        params={"preset": preset.name, "dataset": dataset}, log=context.log.info)
+    trained = train_for_asset(dataset, dataset, tcfg, causal=config.causal, preset=preset, lake=lake,
+                              tracking=tracking, run_id=context.run.run_id,
+                              asset_key=context.asset_key.to_user_string(), log=context.log.info)
     result = trained.result
     history = pl.DataFrame([{k: v for k, v in h.items() if k in ("epoch", "loss", "val_loss", "lr")}
                             for h in result.history])
@@ -52,7 +44,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
         "causal": config.causal,
         "best_epoch": result.best_epoch + 1, "best_val_loss": result.best_val_loss,
         "epochs_run": len(result.history), "stopped_early": result.stopped_early, "device": result.device,
-        "parameters": model.num_parameters(), "history": dg.MetadataValue.md(markdown(history)),
+        "parameters": trained.parameters, "history": dg.MetadataValue.md(markdown(history)),
         "model_dir": dg.MetadataValue.path(str(trained.model_dir)),
     })
 
