@@ -3,6 +3,7 @@ atomically. (The per-epoch training state is another thing: lem_model.training_s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +22,16 @@ def save_model(model: LargeExecutionModel, directory: str | Path) -> Path:
     atomic_write(d / CONFIG, lambda p: Path(p).write_text(model.cfg.to_json()))
     atomic_write(d / WEIGHTS, lambda p: torch.save(model.state_dict(), p))
     return d
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over the parameters and buffers, by name: the same weights give the same digest
+    on any device (what ties a model directory to the run that trained it)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> LargeExecutionModel:

@@ -61,6 +61,7 @@ class TrainResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     device: str = "cpu"
+    resumed_from_epoch: int | None = None  # the first epoch this call trained, when it resumed a run
 
 
 class EarlyStopping:
@@ -249,6 +250,10 @@ def train(
         result.history = saved["history"]
         set_rng_state(saved["rng"])
         first_epoch = saved["epoch"] + 1
+        result.resumed_from_epoch = first_epoch
+        if stopper.should_stop:  # it had finished: stopped early after its last saved epoch
+            result.stopped_early = True
+            first_epoch = cfg.epochs
     net: torch.nn.Module = model
     if dist_info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

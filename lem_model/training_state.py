@@ -8,6 +8,7 @@ resuming never unpickles code from a file.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -40,5 +41,13 @@ def save_training_state(path: str | Path, state: dict) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
+class TrainingStateError(RuntimeError):
+    """A training-state file this code did not write (or a damaged one): never unpickled."""
+
+
 def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    try:
+        return torch.load(Path(path), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise TrainingStateError(f"{path}: not a training state written by lem (only tensors and plain values are "
+                                 f"loaded; nothing in it was executed). Delete it to train from scratch. ({e})") from e

@@ -8,7 +8,9 @@ Layout under ``root`` (``LEM_DATA_DIR``, default ``./data``)::
     bars/{dataset}/{SYMBOL}_{freq}m.parquet      resampled bars per series
     windows/{dataset}/                           windows, targets and splits (lem_pipeline.windows)
     models/{name}/                               a trained model (lem_model.saved_model + windows.json)
-    training/{name}/{run_id}/                    the training state of a run in progress (removed when it succeeds)
+    training/{name}/{key}/                       the state of a training in progress, keyed by its config and windows
+                                                 (lem_pipeline.model_training.training_key): a killed run resumes
+                                                 from it; removed when the training succeeds
     evaluation/{name}/                           tables, plots and the slippage arrays
 
 ``dataset`` is ``crypto`` or ``equity``; a model or evaluation ``name`` is a dataset or a
@@ -77,8 +79,8 @@ class DataLake(dg.ConfigurableResource):
     def model_dir(self, name: str) -> Path:
         return self.path / "models" / name
 
-    def training_state_dir(self, name: str, run_id: str) -> Path:
-        return self.path / "training" / name / run_id
+    def training_state_dir(self, name: str, key: str) -> Path:
+        return self.path / "training" / name / key
 
     def evaluation_dir(self, name: str) -> Path:
         return self.path / "evaluation" / name

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 from torch.utils.data import Subset
 
 from lem_model.devices import resolve_device
 from lem_model.evaluate import EvalArrays, evaluate, headline
+from lem_model.failpoints import failpoint
 from lem_model.fileio import replaced_dir
 from lem_model.saved_model import load_model
 from lem_model.window_dataset import WindowDataset
-from lem_pipeline import reporting
+from lem_pipeline import reporting, settings
 from lem_pipeline.lake import SLIPPAGE_FILE, TEST_INDEX_FILE
 from lem_pipeline.tracking import MLflowTracking
+from lem_pipeline.trained_model import check_lineage
 from lem_pipeline.windows import read_index
 
 
@@ -38,8 +41,11 @@ class Evaluation:
 def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *, batch_size: int, device: str,
                      tracking: MLflowTracking, experiment: str, run_id: str) -> Evaluation:
     """Evaluate the model in ``model_dir`` on the test windows and write everything to ``out``
-    (replaced whole, never half-written); log it all into the training run ``run_id``."""
+    (replaced whole, never half-written); log it all into the training run ``run_id``, which
+    must be the run that wrote ``model_dir`` (lem_pipeline.trained_model.check_lineage)."""
+    torch.set_num_threads(settings.thread_budget())
     model = load_model(model_dir)
+    check_lineage(model, model_dir, run_id)
     test = WindowDataset(windows_dir, "test")
     index = read_index(windows_dir, "test")
 
@@ -60,6 +66,7 @@ def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *
             label = f"{name}_{reporting.frequency_label(freq)}"
             tables[label] = reporting.write_evaluation_tables(sub, tmp, label)
             plots += reporting.plot_evaluation(sub, tmp, label, title=f"{name} {reporting.frequency_label(freq)}")
+        failpoint("evaluation")
     tables = {k: out / v.name for k, v in tables.items()}
     plots = [out / p.name for p in plots]
     summary = headline(ev)

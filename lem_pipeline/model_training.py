@@ -4,7 +4,11 @@ assets and by ``torchrun -m lem_pipeline.train_ddp``."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,14 +19,24 @@ import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.config import ModelSize
+from lem_model.failpoints import failpoint
+from lem_model.fileio import atomic_write_text
 from lem_model.serving import FixedRateLEM
 from lem_model.train import TrainConfig, TrainResult, seed_everything, train
+from lem_model.training_state import TRAINING_STATE
 from lem_model.window_dataset import WindowDataset
+from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.presets import Preset
+from lem_pipeline.registry import registered_name
 from lem_pipeline.trained_model import MLFLOW_ARTIFACT, save_trained
 from lem_pipeline.tracking import MLflowTracking, git_commit
-from lem_pipeline.windows import read_index, read_meta
+from lem_pipeline.windows import read_index, read_meta, windows_digest
+
+RUN_FILE = "mlflow_run_id"  # in a training state directory: the MLflow run those epochs belong to
+# Training progress for a person at a terminal: `lem run` prints this logger (the Dagster run log
+# gets the same lines through the asset's context.log).
+PROGRESS = logging.getLogger("lem.progress")
 
 
 def windows_splits(windows_dir: Path) -> tuple[WindowDataset, WindowDataset]:
@@ -43,13 +57,52 @@ def _flat(prefix: str, d: dict) -> dict[str, str]:
 @contextmanager
 def tracked_training(tracking: MLflowTracking, experiment: str, model: LargeExecutionModel, train_cfg: TrainConfig,
                      windows_meta: dict, *, tags: dict[str, str], run_name: str | None = None,
-                     params: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run holding the whole configuration as parameters; it ends (failed, if the
+                     params: dict[str, str] | None = None, resume_run_id: str | None = None
+                     ) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run holding the whole configuration as parameters (or, with ``resume_run_id``,
+    the interrupted run reopened: its parameters are already there); it ends (failed, if the
     block raised) however the block ends."""
-    with tracking.run(experiment, run_name=run_name, tags={"git.commit": git_commit(), **tags}) as run:
-        mlflow.log_params({**_flat("model", dataclasses.asdict(model.cfg)), **_flat("train", dataclasses.asdict(train_cfg)),
-                           **_flat("windows", windows_meta["config"]), **(params or {})})
+    with tracking.run(experiment, run_id=resume_run_id, run_name=run_name,
+                      tags={"git.commit": git_commit(), **tags}) as run:
+        if resume_run_id is None:
+            mlflow.log_params({**_flat("model", dataclasses.asdict(model.cfg)),
+                               **_flat("train", dataclasses.asdict(train_cfg)),
+                               **_flat("windows", windows_meta["config"]), **(params or {})})
         yield run
+
+
+def training_key(model: LargeExecutionModel, train_cfg: TrainConfig, windows_dir: Path) -> str:
+    """What identifies one training: the model and training configs and the windows' content.
+    An interrupted run resumes only into a run with the same key (never onto other data)."""
+    what = {"model": dataclasses.asdict(model.cfg), "train": dataclasses.asdict(dataclasses.replace(train_cfg, progress=False)),
+            "windows": windows_digest(windows_dir)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _resumable_run(state_dir: Path, tracking: MLflowTracking) -> str | None:
+    """The MLflow run of an interrupted training with saved epochs in ``state_dir``, if any."""
+    run_file = state_dir / RUN_FILE
+    if not ((state_dir / TRAINING_STATE).is_file() and run_file.is_file()):
+        return None
+    run_id = run_file.read_text().strip()
+    return run_id if tracking.has_run(run_id) else None
+
+
+class EpochProgress:
+    """One line per epoch for a person watching: losses, seconds per epoch and an ETA."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None]) -> None:
+        self.epochs, self.log = epochs, log
+        self.started = time.monotonic()
+        self.done = 0
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.done += 1
+        per_epoch = (time.monotonic() - self.started) / self.done
+        left = per_epoch * (self.epochs - epoch - 1)
+        self.log(f"epoch {epoch + 1}/{self.epochs}: loss {metrics['loss']:.5f}, val_loss {metrics['val_loss']:.5f}, "
+                 f"lr {metrics['lr']:.2g}; {per_epoch:.0f} s/epoch, at most {left:.0f} s left (early stopping may end "
+                 "it sooner)")
 
 
 @dataclass
@@ -62,59 +115,94 @@ class TrainedModel:
     model_dir: Path  # lem_pipeline.trained_model layout
     result: TrainResult
     parameters: int
+    registered: str  # "name/version" in the MLflow model registry
 
 
 def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: TrainConfig, *, name: str,
-                     tracking: MLflowTracking, experiment: str, out: Path, state_dir: Path, tags: dict[str, str],
-                     run_name: str, params: dict[str, str], log: Callable[[str], None]) -> TrainedModel:
-    """Train ``model`` on the windows in one MLflow run; save it to ``out`` and log it."""
+                     tracking: MLflowTracking, experiment: str, out: Path, state_dir: Path, registered: str,
+                     tags: dict[str, str], run_name: str, params: dict[str, str], log: Callable[[str], None]
+                     ) -> TrainedModel:
+    """Train ``model`` on the windows (``name``: the dataset) in one MLflow run; save it to ``out``,
+    log it and register it as a new version of ``registered``.
+
+    ``state_dir`` holds the per-epoch training state and the run's id: a run killed after some
+    epochs resumes from the last one, in the same MLflow run, when called again with the same
+    ``state_dir`` (lem_pipeline.lake keys it by :func:`training_key`). It is removed on success.
+    """
     train_set, val_set = windows_splits(windows_dir)
     meta = train_set.meta
+    resume_id = _resumable_run(state_dir, tracking)
     with tracked_training(tracking, experiment, model, train_cfg, meta, tags=tags, run_name=run_name,
-                          params=params) as run:
-        index = read_index(windows_dir)
-        for split, context_name in (("train", "training"), ("val", "validation")):
-            part = index.filter(index["split"] == split)  # the digest identifies exactly these windows
-            mlflow.log_input(mlflow.data.from_polars(part, source=str(windows_dir), name=f"{name}-{split}"),
-                             context=context_name)
+                          params=params, resume_run_id=resume_id) as run:
+        if resume_id is None:
+            index = read_index(windows_dir)
+            for split, context_name in (("train", "training"), ("val", "validation")):
+                part = index.filter(index["split"] == split)  # the digest identifies exactly these windows
+                mlflow.log_input(mlflow.data.from_polars(part, source=str(windows_dir), name=f"{name}-{split}"),
+                                 context=context_name)
+            atomic_write_text(state_dir / RUN_FILE, run.info.run_id)
         log(f"training {name}: {len(train_set)} train / {len(val_set)} validation windows, "
-            f"{model.num_parameters():,} parameters, {train_cfg}")
-        result = train(model, train_set, val_set, train_cfg, state_dir, resume=False,
-                       on_epoch_end=lambda e, m: (mlflow.log_metrics(m, step=e), log(f"epoch {e + 1}: {m}")))
+            f"{model.num_parameters():,} parameters, {torch.get_num_threads()} threads, {train_cfg}"
+            + (f"; resuming MLflow run {resume_id} from {state_dir}" if resume_id else ""))
+        progress = EpochProgress(train_cfg.epochs, log)
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            progress(epoch, metrics)
+            failpoint("epoch")
+
+        result = train(model, train_set, val_set, train_cfg, state_dir, resume=True, on_epoch_end=on_epoch_end)
+        if result.resumed_from_epoch is not None:
+            log(f"resumed at epoch {result.resumed_from_epoch + 1} (the epochs before came from {state_dir})")
+            mlflow.set_tag("lem.resumed_from_epoch", str(result.resumed_from_epoch))
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
         model.cpu()
-        save_trained(model, windows_dir, out)
-        model_uri = log_model(model, train_set)
+        save_trained(model, windows_dir, out, run.info.run_id)
+        model_uri, version = log_model(model, train_set, registered)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`
     shutil.rmtree(state_dir, ignore_errors=True)  # the run succeeded: its resumable state is done with
-    return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result, model.num_parameters())
+    return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result, model.num_parameters(),
+                        version)
 
 
 def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: bool, preset: Preset, lake: DataLake,
                     tracking: MLflowTracking, run_id: str, asset_key: str, log: Callable[[str], None]) -> TrainedModel:
     """A fresh model trained on ``dataset``'s windows as ``name`` in the lake, for the Dagster run
-    ``run_id``: what the training and research assets share."""
+    ``run_id``: what the training and research assets share. A training of the same model on the
+    same windows that was killed resumes from its last epoch."""
+    torch.set_num_threads(settings.thread_budget())
     windows = lake.windows_dir(dataset)
     model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal)
     tags = {"dagster.run_id": run_id, "dagster.asset_key": asset_key, "preset": preset.name, "lem.stage": "training"}
+
+    def log_both(message: str) -> None:
+        log(message)
+        PROGRESS.info(f"{name}: {message}")
+
     return train_on_windows(
         model, windows, train_cfg, name=dataset, tracking=tracking, experiment=f"lem-{dataset}",
-        out=lake.model_dir(name), state_dir=lake.training_state_dir(name, run_id), tags=tags,
+        out=lake.model_dir(name), state_dir=lake.training_state_dir(name, training_key(model, train_cfg, windows)),
+        registered=registered_name(name), tags=tags,
         run_name=f"{dataset}-{'causal' if causal else 'lookahead'}-{run_id[:8]}",
-        params={"preset": preset.name, "dataset": dataset}, log=log)
+        params={"preset": preset.name, "dataset": dataset}, log=log_both)
 
 
-def log_model(model: LargeExecutionModel, data: WindowDataset) -> str:
+def log_model(model: LargeExecutionModel, data: WindowDataset, registered: str) -> tuple[str, str]:
     """The model at the paper's rate limits as an MLflow PyTorch model (pickle: the forward has
-    Python loops). Returns the URI to load it from; if logging fails, the URI of the saved-model
-    artifact, which the caller logs in every case."""
+    Python loops), registered as a new version of ``registered``. Returns the URI to load it from
+    and "name/version"; if the exporter fails, the saved-model artifact (which the caller logs
+    in every case) is what gets registered."""
     x, _, _ = data[0]
     example = x.unsqueeze(0).numpy()
+    run_id = mlflow.active_run().info.run_id
     try:
         info = mlflow.pytorch.log_model(FixedRateLEM(model).eval(), name="model",
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                        serialization_format="pickle", input_example=example)
-        return info.model_uri
+                                        serialization_format="pickle", input_example=example,
+                                        registered_model_name=registered)
+        return info.model_uri, f"{registered}/{info.registered_model_version}"
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the saved model
         mlflow.log_text(f"mlflow.pytorch.log_model failed: {e!r}", "model_export_error.txt")
-        return f"runs:/{mlflow.active_run().info.run_id}/{MLFLOW_ARTIFACT}"
+        uri = f"runs:/{run_id}/{MLFLOW_ARTIFACT}"
+        version = mlflow.register_model(uri, registered)
+        return uri, f"{registered}/{version.version}"

@@ -81,6 +81,20 @@ PRESETS: dict[str, Preset] = {
             training=TrainConfig(epochs=3, batch_size=128, lr=1e-3),
         ),
         Preset(
+            name="smoke",
+            description="Three stocks of the repository's fixture set (AAPL, KO, MSFT), a small model and two "
+                        "epochs: the whole graph in about a minute, for crash-recovery checks and a first look.",
+            streams=(),
+            crypto_first_month=date(2021, 1, 1),
+            crypto_last_month=date(2021, 1, 1),
+            tickers=("AAPL", "KO", "MSFT"),
+            equity_start=date(2000, 1, 3),
+            equity_end=date(2024, 12, 31),
+            equity_windows=WindowConfig(seasonality="daily", lookback=30, n_ahead=12, stride=8),
+            model=SMALL_SIZE,
+            training=TrainConfig(epochs=2, batch_size=128, lr=1e-3),
+        ),
+        Preset(
             name="paper_crypto",
             description="The paper's 20 Binance spot pairs, 1m candles, 2017-08 to 2024-12 (needs a GPU to train).",
             streams=tuple(KlineStream(s, "spot", "1m") for s in PAPER_CRYPTO_PAIRS),

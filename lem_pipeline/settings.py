@@ -21,6 +21,12 @@ YAHOO_DIR = "LEM_YAHOO_DIR"  # empty: live yfinance
 MLFLOW_DIR = "LEM_MLFLOW_DIR"
 MLFLOW_URI = "LEM_MLFLOW_URI"
 MLFLOW_ARTIFACTS = "LEM_MLFLOW_ARTIFACTS"
+TORCH_THREADS = "LEM_TORCH_THREADS"  # empty: the thread budget below
+# Steps that run torch at once: one, because every torch asset is in the "torch" pool, which
+# dagster_home/dagster.yaml limits to one step (two torch processes on two cores each spinning
+# every core slow each other 10-100x).
+TORCH_POOL = "torch"
+TORCH_STEPS_AT_ONCE = 1
 _PATHS = (DATA_DIR, YAHOO_DIR, MLFLOW_DIR, MLFLOW_ARTIFACTS)
 
 
@@ -36,3 +42,12 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     mlflow_dir = Path(environ.setdefault(MLFLOW_DIR, str(Path("mlruns").resolve())))
     environ.setdefault(MLFLOW_URI, f"sqlite:///{mlflow_dir / 'mlflow.db'}")
     environ.setdefault(MLFLOW_ARTIFACTS, str(mlflow_dir / "artifacts"))
+
+
+def thread_budget(environ: MutableMapping[str, str] = os.environ) -> int:
+    """Torch intra-op threads for one step: the cores this process may use divided by the torch
+    steps that run at once, unless LEM_TORCH_THREADS says otherwise."""
+    if environ.get(TORCH_THREADS):
+        return max(1, int(environ[TORCH_THREADS]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // TORCH_STEPS_AT_ONCE)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
 from lem_pipeline import settings
+from lem_pipeline.run_health import MLFLOW_HOST_TAG, MLFLOW_PID_TAG, fail_dead_mlflow_runs, process_tags
 
 
 def git_commit() -> str:
@@ -47,12 +48,28 @@ class MLflowTracking(dg.ConfigurableResource):
     @contextmanager
     def run(self, experiment: str, *, run_id: str | None = None, run_name: str | None = None,
             tags: dict[str, str] | None = None) -> Iterator:
-        """A new run in ``experiment`` or, with ``run_id``, the existing one reopened."""
+        """A new run in ``experiment`` or, with ``run_id``, the existing one reopened. The run
+        records this process (lem_pipeline.run_health): if it dies, the next ``lem run`` marks
+        the run FAILED instead of leaving it RUNNING; if the block raises, it ends FAILED."""
         mlflow = self._mlflow()
         exp_id = self.experiment_id(experiment)
+        process = process_tags(MLFLOW_PID_TAG, MLFLOW_HOST_TAG)
         with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
-                              tags=tags) as active:
+                              tags={**(tags or {}), **process}) as active:
             yield active
+
+    def fail_dead_runs(self, experiments: Iterable[str]) -> list[str]:
+        """Runs of these experiments left RUNNING by a process that died, marked FAILED."""
+        return fail_dead_mlflow_runs(self.tracking_uri, experiments)
+
+    def has_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._mlflow().get_run(run_id)
+            return True
+        except MlflowException:
+            return False
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import mlflow
-import torch
 import torch.distributed as dist
 
+from lem_model.saved_model import weights_digest
 from lem_model.train import train
 from lem_pipeline import settings
 from lem_pipeline.model_training import build_model, tracked_training, windows_splits
@@ -31,14 +30,6 @@ from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.trained_model import save_trained
 
 EXPERIMENT = "lem-ddp"
-
-
-def parameter_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         result = train(model, train_set, val_set, tcfg, args.out / "training_state", resume=True,
                        on_epoch_end=(lambda e, m: mlflow.log_metrics(m, step=e)) if main_rank else None)
         if args.digest_file:
-            args.digest_file.write_text(parameter_digest(model))
+            args.digest_file.write_text(weights_digest(model))
         if main_rank:
-            save_trained(model.cpu(), args.windows, args.out / "model")
+            save_trained(model.cpu(), args.windows, args.out / "model", run.info.run_id)
             (args.out / "result.json").write_text(json.dumps({"best_epoch": result.best_epoch,
                                                               "best_val_loss": result.best_val_loss,
                                                               "run_id": run.info.run_id}))

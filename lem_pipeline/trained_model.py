@@ -1,38 +1,70 @@
 """A trained model as the pipeline stores it: lem_model's saved model (config.json, model.pt)
 plus ``windows.json``, the windows config it was trained on, so that anything serving it
-(``lem schedule``) cuts its inputs exactly as training did."""
+(``lem schedule``) cuts its inputs exactly as training did, and ``lineage.json``, the MLflow run
+that trained it and the digest of its weights, so nothing pairs these weights with another
+run's metrics."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from lem_model.fileio import replaced_dir
 from lem_model.model import LargeExecutionModel
-from lem_model.saved_model import load_model, save_model
+from lem_model.saved_model import load_model, save_model, weights_digest
 from lem_pipeline.windows import WindowConfig, meta_file, read_meta
 
 WINDOWS_META = "windows.json"
+LINEAGE = "lineage.json"
 MLFLOW_ARTIFACT = "model_state"  # where a training run logs this directory
 
 
-def save_trained(model: LargeExecutionModel, windows_dir: Path, out: Path) -> Path:
+class LineageError(RuntimeError):
+    """A model directory that is not the one its supposed training run wrote."""
+
+
+def save_trained(model: LargeExecutionModel, windows_dir: Path, out: Path, run_id: str) -> Path:
     """Write the directory aside and swap it in whole: never a model beside another's config."""
     with replaced_dir(out) as tmp:
         save_model(model, tmp)
         shutil.copyfile(meta_file(windows_dir), tmp / WINDOWS_META)
+        (tmp / LINEAGE).write_text(json.dumps({"mlflow_run_id": run_id, "weights_sha256": weights_digest(model)}))
     return out
 
 
+def check_lineage(model: LargeExecutionModel, model_dir: Path, run_id: str) -> None:
+    """Refuse a model directory written by another run than ``run_id``, or whose weights are not
+    the ones it recorded (a crash between saving and recording, a hand-copied file)."""
+    path = Path(model_dir) / LINEAGE
+    if not path.is_file():
+        raise LineageError(f"{model_dir} has no {LINEAGE}: it cannot be tied to MLflow run {run_id}; retrain it")
+    lineage = json.loads(path.read_text())
+    if lineage["mlflow_run_id"] != run_id:
+        raise LineageError(f"{model_dir} was trained by MLflow run {lineage['mlflow_run_id']}, not {run_id} (the run "
+                           "the latest materialisation names): the training was interrupted after saving; retrain")
+    if weights_digest(model) != lineage["weights_sha256"]:
+        raise LineageError(f"{model_dir}: the weights do not match the digest recorded by run {run_id}")
+
+
+def _download(source: str) -> Path:
+    """A run id or a ``models:/`` URI -> the run's model_state artifact, downloaded."""
+    import mlflow
+
+    from lem_pipeline.registry import is_registry_uri, run_of
+    from lem_pipeline.tracking import MLflowTracking
+
+    uri = MLflowTracking.from_environment().tracking_uri
+    mlflow.set_tracking_uri(uri)
+    run_id = run_of(source, uri) if is_registry_uri(source) else source
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MLFLOW_ARTIFACT))
+
+
 def load_trained(source: str) -> tuple[LargeExecutionModel, WindowConfig]:
-    """A trained-model directory, or the id of the MLflow run that logged one (the store named
-    by LEM_MLFLOW_URI / LEM_MLFLOW_DIR)."""
+    """A trained-model directory, the id of the MLflow run that logged one, or a registry URI
+    (``models:/lem-equity@champion``), in the store named by LEM_MLFLOW_URI / LEM_MLFLOW_DIR.
+    Only weights are loaded (``weights_only``): never a pickled object."""
     path = Path(source)
     if not path.is_dir():
-        import mlflow
-
-        from lem_pipeline.tracking import MLflowTracking
-
-        mlflow.set_tracking_uri(MLflowTracking.from_environment().tracking_uri)
-        path = Path(mlflow.artifacts.download_artifacts(run_id=source, artifact_path=MLFLOW_ARTIFACT))
+        path = _download(source)
     return load_model(path), WindowConfig.from_meta(read_meta(path / WINDOWS_META))

@@ -19,6 +19,7 @@ window. What is stored is the per-bar arrays and one start row per window
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from lem_model.failpoints import failpoint
 from lem_model.fileio import replaced_dir
 from lem_model.window_dataset import BAR_ARRAYS, SPLITS, Bars, bars_file, gather_windows, meta_file, starts_file
 
@@ -215,7 +217,8 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
         meta = {"config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()},
                 "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "bars": int(offsets[-1]),
                 "dropped_bad_normaliser": dropped, "dropped_no_volume": no_volume,
-                "built_at": datetime.now(timezone.utc).isoformat()}
+                "built_at": datetime.now(timezone.utc).isoformat(), "digest": content_digest(tmp)}
+        failpoint("windows")
         meta_file(tmp).write_text(json.dumps(meta, indent=2))
     return BuildReport(counts, window_counts(index), dropped, directory, no_volume)
 
@@ -227,6 +230,22 @@ def window_counts(index: pl.DataFrame) -> pl.DataFrame:
             .agg(pl.len().alias("windows"), pl.col("start_time").min().dt.date().alias("first_start"),
                  pl.col("start_time").max().dt.date().alias("last_start"))
             .sort(order, "freq_min", "symbol"))
+
+
+def content_digest(directory: Path) -> str:
+    """sha256 over every data file of a windows directory (names and bytes; not meta.json, which
+    holds the build time): what a training run is keyed by and a model is tied to."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(directory).iterdir() if p.is_file() and p.name != meta_file(directory).name):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()
+
+
+def windows_digest(directory: str | Path) -> str:
+    """The digest recorded when the directory was built (computed now for older builds)."""
+    return read_meta(directory).get("digest") or content_digest(Path(directory))
 
 
 def read_meta(path: str | Path) -> dict:

@@ -4,10 +4,12 @@ that the upstream model asset's materialisation names."""
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import latest_metadata
 from lem_pipeline.model_evaluation import evaluate_on_test
 from lem_pipeline.presets import DATASETS, Preset
+from lem_pipeline.registry import CHAMPION, promote, registered_name
 from lem_pipeline.tracking import MLflowTracking
 
 ALLOC_CHECK = "allocations_feasible"
@@ -16,11 +18,12 @@ ALLOC_CHECK = "allocations_feasible"
 def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     def make(dataset: str) -> dg.AssetsDefinition:
         @dg.asset(name=f"{dataset}_evaluation", deps=[f"{dataset}_lem_model", f"{dataset}_windows"],
-                  group_name="evaluation", kinds={"mlflow", "matplotlib"},
+                  group_name="evaluation", kinds={"mlflow", "matplotlib"}, pool=settings.TORCH_POOL,
                   check_specs=[dg.AssetCheckSpec(ALLOC_CHECK, asset=f"{dataset}_evaluation",
                                                  description="test-split allocations finite and summing to 1")],
                   description=f"Slippage tables (CSV, Markdown, LaTeX) and plots on the {dataset} test split, "
-                              "with TWAP and early-stop-rule baselines, logged to the training run.")
+                              "with TWAP and early-stop-rule baselines, logged to the training run; when the "
+                              "allocations are feasible, the model's registry version becomes the champion.")
         def evaluation_asset(context: AssetExecutionContext, lake: DataLake,
                              mlflow: MLflowTracking) -> dg.MaterializeResult:
             trained = latest_metadata(context.instance, f"{dataset}_lem_model")
@@ -29,6 +32,10 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                                       batch_size=preset.training.batch_size, device=preset.training.device,
                                       tracking=mlflow, experiment=f"lem-{dataset}", run_id=trained["mlflow_run_id"])
             ev = result.arrays
+            champion = None
+            if result.feasible:
+                champion = promote(mlflow.tracking_uri, registered_name(dataset), trained["mlflow_run_id"])
+                context.log.info(f"models:/{registered_name(dataset)}@{CHAMPION} is now version {champion}")
             return dg.MaterializeResult(
                 metadata={
                     "mlflow_run_id": trained["mlflow_run_id"],
@@ -39,6 +46,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                     "plots": dg.MetadataValue.json([str(p) for p in result.plots]),
                     "match_vwap_std_reduction_vs_twap_volume": result.headline["test_match_vwap_std_reduction"],
                     "path": dg.MetadataValue.path(str(out)),
+                    "champion": f"models:/{registered_name(dataset)}@{CHAMPION} = version {champion}" if champion
+                    else "not promoted: allocations infeasible",
                 },
                 check_results=[dg.AssetCheckResult(check_name=ALLOC_CHECK, passed=result.feasible, metadata={
                     "all_finite": ev.all_finite, "max_abs_sum_error": ev.max_sum_error})],

@@ -12,6 +12,7 @@ import dataclasses
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.model_evaluation import evaluate_on_test
 from lem_pipeline.model_training import train_for_asset
@@ -23,6 +24,7 @@ LOOKAHEAD = "equity-lookahead"  # its model and evaluation names in the data lak
 
 def build_research_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=["equity_windows", "equity_evaluation"], group_name="research", kinds={"pytorch", "mlflow"},
+              pool=settings.TORCH_POOL,
               description="The equity LEM with the reference's one-bar look-ahead (causal=False), trained and "
                           "evaluated on the same windows and seed: what the leak is worth (lem results).")
     def equity_lookahead_evaluation(context: AssetExecutionContext, lake: DataLake,

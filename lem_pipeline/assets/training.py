@@ -7,11 +7,13 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.model_training import train_for_asset
 from lem_pipeline.presets import DATASETS, Preset
 from lem_pipeline.reporting import markdown
 from lem_pipeline.tracking import MLflowTracking
+
 
 class TrainingRunConfig(dg.Config):
     """Per-run overrides of the preset's training settings (None keeps the preset's value)."""
@@ -46,13 +48,15 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
         "epochs_run": len(result.history), "stopped_early": result.stopped_early, "device": result.device,
         "parameters": trained.parameters, "history": dg.MetadataValue.md(markdown(history)),
         "model_dir": dg.MetadataValue.path(str(trained.model_dir)),
+        "registered_model": trained.registered,
+        "resumed_from_epoch": -1 if result.resumed_from_epoch is None else result.resumed_from_epoch + 1,
     })
 
 
 def build_training_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     def make(dataset: str) -> dg.AssetsDefinition:
         @dg.asset(name=f"{dataset}_lem_model", deps=[f"{dataset}_windows"], group_name="training",
-                  kinds={"pytorch", "mlflow"},
+                  kinds={"pytorch", "mlflow"}, pool=settings.TORCH_POOL,
                   description=f"The LEM trained on the {dataset} windows (early stopping on validation); "
                               "an MLflow run with params, per-epoch metrics, dataset digests and the model.")
         def lem_model_asset(context: AssetExecutionContext, config: TrainingRunConfig, lake: DataLake,
