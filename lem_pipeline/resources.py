@@ -27,10 +27,15 @@ class BinanceSource(dg.ConfigurableResource):
     read_timeout: float = 60.0
     max_retries: int = 5
     backoff: float = 1.0
+    deadline_s: float = 300.0  # one download, retries and a slow body included
+    host_give_up_after: int = 3  # consecutive connection failures before the host is given up
+    host_cooldown_s: float = 600.0  # how long a given-up host is not tried again (in this process)
 
     def client(self, cache_dir: Path) -> BinanceDataVision:
         return BinanceDataVision(self.base_url, cache_dir, connect_timeout=self.connect_timeout,
-                                 read_timeout=self.read_timeout, max_retries=self.max_retries, backoff=self.backoff)
+                                 read_timeout=self.read_timeout, max_retries=self.max_retries, backoff=self.backoff,
+                                 deadline_s=self.deadline_s, host_give_up_after=self.host_give_up_after,
+                                 host_cooldown_s=self.host_cooldown_s)
 
 
 class YahooSource(dg.ConfigurableResource):

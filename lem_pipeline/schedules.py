@@ -2,7 +2,10 @@
 
 Binance publishes a month's archive in the first days of the next month, so on the 2nd the
 refresh asks for the month just closed, for every configured symbol, skipping partitions that
-are already materialised (idempotent; run keys make a repeated tick harmless). The Yahoo bars
+are already materialised. It also asks again for any partition whose latest materialisation
+names a file that is not on disk (an instance from before failed partitions stopped being
+recorded as materialised, or a file deleted since). Run keys carry the tick's time: a repeated
+evaluation of one tick is harmless, and a later tick can retry what failed. The Yahoo bars
 of every ticker are reloaded in the same refresh. When every run of a refresh has succeeded,
 the sensor launches one retrain-and-evaluate run for it.
 """
@@ -10,6 +13,7 @@ the sensor launches one retrain-and-evaluate run for it.
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 
@@ -19,6 +23,14 @@ from lem_pipeline.presets import Preset
 REFRESH_TAG = "lem/refresh"
 REFRESH_CRON = "0 6 2 * *"  # 06:00 UTC on the 2nd of each month
 INGEST_JOBS = ("crypto_ingest_job", "equity_ingest_job")
+KLINES = dg.AssetKey("binance_klines")
+PATH_METADATA = "path"  # the metadata entry of an ingest materialisation that names its Parquet
+
+
+def run_key(kind: str, partition: str, at: datetime) -> str:
+    """One run key per (partition, tick): the same tick evaluated twice launches once, a later
+    tick may launch again (Dagster never launches a run key it has seen)."""
+    return f"{kind}-{partition}-{at:%Y-%m-%dT%H:%M}"
 
 
 def closed_month(at: datetime) -> date:
@@ -27,21 +39,34 @@ def closed_month(at: datetime) -> date:
     return date(first.year - (first.month == 1), (first.month - 2) % 12 + 1, 1)
 
 
+def partitions_missing_their_file(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> set[str]:
+    """Partitions whose latest materialisation names a file (``path`` metadata) that is not on
+    disk: they count as materialised for Dagster but hold nothing."""
+    latest = instance.get_latest_storage_id_by_partition(asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    if not latest:
+        return set()
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())), limit=len(latest)).records
+    missing = set()
+    for record in records:
+        path = record.asset_materialization.metadata.get(PATH_METADATA)
+        if path is not None and not Path(str(path.value)).exists():
+            missing.add(record.partition_key)
+    return missing
+
+
 def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) -> list[dg.RunRequest]:
+    """The closed month's partitions not materialised, then every partition of the preset whose
+    materialisation names a missing file."""
+    parts = klines_partitions(preset)
+    valid = set(parts.get_partition_keys(current_time=at))
     month = closed_month(at)
-    month_key = month.strftime("%Y-%m-%d")
-    if month_key not in klines_partitions(preset).get_partitions_def_for_dimension("month").get_partition_keys(
-            current_time=at):
-        return []
-    done = instance.get_materialized_partitions(dg.AssetKey("binance_klines"))
-    requests = []
-    for stream in preset.streams:
-        key = dg.MultiPartitionKey({"symbol": stream.symbol, "month": month_key})
-        if str(key) in done:
-            continue
-        requests.append(dg.RunRequest(run_key=f"klines-{key}", partition_key=key,
-                                      tags={REFRESH_TAG: month.strftime("%Y-%m")}))
-    return requests
+    new = [str(dg.MultiPartitionKey({"symbol": s.symbol, "month": month.strftime("%Y-%m-%d")})) for s in preset.streams]
+    done = instance.get_materialized_partitions(KLINES)
+    wanted = [k for k in new if k in valid and k not in done]
+    wanted += sorted(k for k in partitions_missing_their_file(instance, KLINES) if k in valid and k not in wanted)
+    return [dg.RunRequest(run_key=run_key("klines", k, at), partition_key=k, tags={REFRESH_TAG: month.strftime("%Y-%m")})
+            for k in wanted]
 
 
 def build_schedules(preset: Preset, crypto_ingest: dg.UnresolvedAssetJobDefinition,
@@ -52,14 +77,15 @@ def build_schedules(preset: Preset, crypto_ingest: dg.UnresolvedAssetJobDefiniti
     def monthly_klines_refresh(context: dg.ScheduleEvaluationContext):
         at = context.scheduled_execution_time or datetime.now(timezone.utc)
         requests = klines_requests(preset, context.instance, at)
-        return requests or dg.SkipReason(f"nothing new for {closed_month(at):%Y-%m}: materialised or outside the preset")
+        return requests or dg.SkipReason(f"nothing new for {closed_month(at):%Y-%m}: materialised (files on disk) "
+                                         "or outside the preset")
 
     @dg.schedule(name="monthly_yahoo_refresh", cron_schedule=REFRESH_CRON, execution_timezone="UTC",
                  job=equity_ingest, description="Reload every ticker's Yahoo daily bars.")
     def monthly_yahoo_refresh(context: dg.ScheduleEvaluationContext):
         at = context.scheduled_execution_time or datetime.now(timezone.utc)
         month = closed_month(at).strftime("%Y-%m")
-        return [dg.RunRequest(run_key=f"yahoo-{t}-{month}", partition_key=t, tags={REFRESH_TAG: month})
+        return [dg.RunRequest(run_key=run_key("yahoo", t, at), partition_key=t, tags={REFRESH_TAG: month})
                 for t in preset.tickers] or dg.SkipReason("no tickers in this preset")
 
     @dg.run_status_sensor(name="retrain_after_refresh", run_status=dg.DagsterRunStatus.SUCCESS,

@@ -41,7 +41,8 @@ class MirrorServer:
 
     ``faults[path]`` is a list consumed one per request to that path: ``"stall"`` (sleep past the
     client's read timeout before answering), ``"cut"`` (announce the full length, send half),
-    or an HTTP status code to answer instead of the file.
+    ``"trickle"`` (announce the full length, then send one byte every ``trickle_seconds``: never
+    idle long enough for a read timeout), or an HTTP status code to answer instead of the file.
     """
 
     root: Path
@@ -49,6 +50,7 @@ class MirrorServer:
     requests: list[str] = field(default_factory=list)
     faults: dict[str, list] = field(default_factory=dict)
     stall_seconds: float = 1.5
+    trickle_seconds: float = 0.25
 
     @property
     def url(self) -> str:
@@ -75,6 +77,20 @@ def _handler(server: MirrorServer):
                 time.sleep(server.stall_seconds)
             elif isinstance(fault, int):
                 self.send_error(fault)
+                return
+            elif fault == "trickle":
+                body = (server.root / path.lstrip("/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.trickle_seconds)
+                except OSError:  # the client hung up: what a deadline is for
+                    pass
                 return
             elif fault == "cut":
                 body = (server.root / path.lstrip("/")).read_bytes()

@@ -1,8 +1,11 @@
 """Ingest: raw Binance klines (symbol x month) and Yahoo daily bars (ticker), validated on the way in.
 
 Each partition is one Parquet file in the data lake. Validation runs inside the asset as a
-blocking check (the frame is already in memory), so a partition that fails it stops everything
-downstream and the check's metadata names the failing rows.
+blocking check (the frame is already in memory). A partition that fails it raises: the failed
+check is recorded with the failing rows, nothing is written and no materialisation is recorded,
+so the partition stays missing (the refresh asks for it again) and everything downstream stops.
+A Binance archive that fails to parse or to validate is evicted from the archive cache, so the
+next run downloads it again.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -17,32 +20,19 @@ from lem_pipeline.presets import Preset
 from lem_pipeline.reporting import markdown
 from lem_pipeline.resources import BinanceSource, YahooSource
 from lem_pipeline.schemas import DailyBars, KlineBars, describe_failures, table_schema, validate
-from lem_pipeline.sources.binance import MonthFiles, interval_seconds, read_month
+from lem_pipeline.sources.binance import DataVisionError, KlineStream, MonthFiles, interval_seconds, read_month
 
 VALID_CHECK = "valid_bars"
 GAPS_CHECK = "no_gaps"
 _FAILURE_ROWS_IN_METADATA = 50
+_DESCRIPTION_CHARS = 2000
 
 
-def _check_results(model, df: pl.DataFrame, gaps: dict, what: str) -> tuple[list[dg.AssetCheckResult], str | None]:
-    failures = validate(model, df)
-    if failures is None:
-        valid = dg.AssetCheckResult(check_name=VALID_CHECK, passed=True, metadata={"rows": len(df)})
-        error = None
-    else:
-        shown = failures.head(_FAILURE_ROWS_IN_METADATA)
-        error = f"{what}: {len(failures)} failing (check, row) pairs\n{describe_failures(failures)}"
-        valid = dg.AssetCheckResult(
-            check_name=VALID_CHECK,
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=error[:2000],
-            metadata={
-                "failures": len(failures),
-                "failing_rows": dg.MetadataValue.md(markdown(shown)),
-                "first_failing_row": int(failures["index"][0]) if failures["index"][0] is not None else -1,
-            },
-        )
+def _validated(context: AssetExecutionContext, model, df: pl.DataFrame, gaps: dict,
+               what: str) -> list[dg.AssetCheckResult]:
+    """The check results of a frame that passed validation. A frame that fails raises dg.Failure
+    (after recording the failed check): a partition is materialised only for data actually
+    written and valid, so a failed one is never taken as done."""
     gap = dg.AssetCheckResult(
         check_name=GAPS_CHECK,
         passed=gaps["missing_bars"] == 0,
@@ -50,7 +40,29 @@ def _check_results(model, df: pl.DataFrame, gaps: dict, what: str) -> tuple[list
         metadata={k: v for k, v in gaps.items() if k != "gap_list"}
         | {"largest_gaps": dg.MetadataValue.md(gaps["gap_list"])},
     )
-    return [valid, gap], error
+    failures = validate(model, df)
+    if failures is None:
+        return [dg.AssetCheckResult(check_name=VALID_CHECK, passed=True, metadata={"rows": len(df)}), gap]
+    error = f"{what}: {len(failures)} failing (check, row) pairs; nothing written\n{describe_failures(failures)}"
+    metadata = {
+        "failures": len(failures),
+        "failing_rows": dg.MetadataValue.md(markdown(failures.head(_FAILURE_ROWS_IN_METADATA))),
+        "first_failing_row": int(failures["index"][0]) if failures["index"][0] is not None else -1,
+    }
+    context.log_event(dg.AssetCheckEvaluation(
+        asset_key=context.asset_key, check_name=VALID_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR,
+        description=error[:_DESCRIPTION_CHARS], metadata=metadata, blocking=True,
+        partition=context.partition_key))
+    context.log.error(error)
+    raise dg.Failure(description=error[:_DESCRIPTION_CHARS], metadata=metadata, allow_retries=False)
+
+
+def _month_frame(files: MonthFiles, stream: KlineStream, month, sources: str) -> pl.DataFrame:
+    """The month's rows with the symbol column first; a listed month without rows is an error."""
+    df = read_month(files.paths).with_columns(pl.lit(stream.symbol).alias("symbol"))
+    if files.listed and df.is_empty():
+        raise dg.Failure(f"{stream.symbol} {month:%Y-%m}: {sources} is listed but holds no rows; nothing written")
+    return df.select("symbol", *[c for c in df.columns if c != "symbol"])
 
 
 def _kline_gaps(df: pl.DataFrame, step_s: int) -> dict:
@@ -89,21 +101,18 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         files: MonthFiles = client.fetch_month(stream, month)
         for r in files.results:
             context.log.info(f"{r.status}: {r.url}")
-        df = read_month(files.paths).with_columns(pl.lit(stream.symbol).alias("symbol"))
-        if files.listed and df.is_empty():
-            raise dg.Failure(f"{stream.symbol} {month:%Y-%m}: {', '.join(r.url for r in files.results)} is listed "
-                             "but holds no rows; nothing written")
-        df = df.select("symbol", *[c for c in df.columns if c != "symbol"])
+        sources = ", ".join(r.url for r in files.results)
+        try:
+            df = _month_frame(files, stream, month, sources)
+            gaps = _kline_gaps(df, interval_seconds(stream.interval))
+            checks = _validated(context, KlineBars, df, gaps, f"{stream.symbol} {month:%Y-%m} ({sources})")
+        except (DataVisionError, dg.Failure):
+            client.evict(files.paths)  # a bad archive must be downloaded again, not reused from the cache
+            raise
         if not files.listed:
             context.log.warning(f"{stream.symbol} {month:%Y-%m}: not listed at {binance.base_url} (404); recorded, empty partition")
         out = lake.klines_file(stream, month)
-        gaps = _kline_gaps(df, interval_seconds(stream.interval))
-        sources = ", ".join(r.url for r in files.results)
-        checks, error = _check_results(KlineBars, df, gaps, f"{stream.symbol} {month:%Y-%m} ({sources})")
-        if error:
-            context.log.error(error)
-        else:
-            write_parquet_atomic(df, out)
+        write_parquet_atomic(df, out)
         step = timedelta(seconds=interval_seconds(stream.interval))
         month_end = datetime.combine(next_month(month), datetime.min.time(), timezone.utc)
         month_start = datetime.combine(month, datetime.min.time(), timezone.utc)
@@ -141,12 +150,9 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         df = source.load(ticker, preset.equity_start, preset.equity_end).with_columns(pl.lit(ticker).alias("ticker"))
         df = df.select("ticker", *[c for c in df.columns if c != "ticker"])
         gaps = _weekday_gaps(df)
-        checks, error = _check_results(DailyBars, df, gaps, f"{ticker} ({source.describe(ticker)})")
+        checks = _validated(context, DailyBars, df, gaps, f"{ticker} ({source.describe(ticker)})")
         out = lake.daily_file(ticker)
-        if error:
-            context.log.error(error)
-        else:
-            write_parquet_atomic(df, out)
+        write_parquet_atomic(df, out)
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(out)),

@@ -2,8 +2,10 @@
 
 No Dagster in here: the client is plain Python so it can be used from a notebook, a script or
 the Dagster resource alike. Every archive is verified (sha256 against its ``.CHECKSUM``, zip
-integrity, member names) before it is renamed into place, so a file under its final name is
-always a complete, verified archive.
+integrity, member names and sizes) before it is renamed into place, so a file under its final
+name is always a complete, verified archive; one that then fails to parse or validate is evicted
+(``BinanceDataVision.evict``). Downloads have a total deadline, a host that refuses connections
+is given up for a while, and no file is inflated past what its period can hold (``size_bound``).
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ import calendar
 import hashlib
 import io
 import logging
+import os
+import re
 import shutil
+import threading
 import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlparse
 
 import polars as pl
 import requests
+import urllib3
 
 from lem_model.fileio import atomic_write, atomic_write_text
 
@@ -67,6 +73,15 @@ _RAW_DTYPES = {
 _MICROSECOND_THRESHOLD = 10**14
 _INTERVAL_SECONDS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
                      "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400}
+# The longest data row in every archive of the mirror is 152 bytes (microsecond times, 8-decimal
+# prices); 512 leaves room for longer numbers while a file can never be more than a few times the
+# size its period allows, so a zip that inflates to gigabytes is refused before it is read.
+MAX_ROW_BYTES = 512
+# Data Vision file names: SYMBOL-INTERVAL-YYYY-MM (monthly) or SYMBOL-INTERVAL-YYYY-MM-DD (daily).
+_ARCHIVE_NAME = re.compile(r"^[A-Z0-9]+-(?P<interval>[0-9]+[a-zA-Z]+)-(?P<period>\d{4}-\d{2}(?:-\d{2})?)\.(?:zip|csv)$")
+_DOWNLOAD_CHUNK = 1 << 20
+_MAX_CHECKSUM_BYTES = 4096  # one "<sha256>  <name>" line; anything longer is not a CHECKSUM
+_RETRY_AFTER_CAP_S = 60.0
 
 
 class DataVisionError(RuntimeError):
@@ -78,6 +93,36 @@ def interval_seconds(interval: str) -> int:
         return _INTERVAL_SECONDS[interval]
     except KeyError:
         raise ValueError(f"unknown kline interval {interval!r}; known: {sorted(_INTERVAL_SECONDS)}") from None
+
+
+@dataclass(frozen=True)
+class SizeBound:
+    """The most one kline file can hold: one row per interval of its period (plus a header row),
+    each at most ``MAX_ROW_BYTES``. A file past it is a decompression bomb or not a kline file."""
+
+    rows: int
+    bytes: int
+    period: str  # "1h monthly", for messages
+
+
+def size_bound(name: str) -> SizeBound:
+    """The bound of the Data Vision file called ``name``; a name that is not one (a CSV a test or
+    a notebook wrote) gets the largest bound any published file has: a 31-day month of 1m bars."""
+    m = _ARCHIVE_NAME.match(name)
+    if m is None or m["interval"] not in _INTERVAL_SECONDS:
+        rows = 31 * 86400 // min(_INTERVAL_SECONDS.values())
+        return SizeBound(rows, (rows + 1) * MAX_ROW_BYTES, "largest (31 days of 1m)")
+    start = date.fromisoformat(m["period"] if len(m["period"]) == 10 else m["period"] + "-01")
+    days = 1 if len(m["period"]) == 10 else calendar.monthrange(start.year, start.month)[1]
+    rows = days * 86400 // _INTERVAL_SECONDS[m["interval"]]
+    kind = "daily" if days == 1 else "monthly"
+    return SizeBound(rows, (rows + 1) * MAX_ROW_BYTES, f"{m['interval']} {kind}")
+
+
+def _too_big(where: str, size: int, bound: SizeBound, how: str) -> DataVisionError:
+    return DataVisionError(
+        f"{where}: {how} {size} bytes, more than the {bound.bytes} a {bound.period} file can hold "
+        f"({bound.rows} rows x {MAX_ROW_BYTES} bytes); refused (a decompression bomb or not a kline file)")
 
 
 @dataclass(frozen=True)
@@ -138,6 +183,13 @@ class MonthFiles:
         return [r.url for r in self.results if r.status == "not_listed"]
 
 
+REJECTED_SUFFIX = ".rejected"
+
+
+def _checksum_file(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".CHECKSUM")
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -147,19 +199,79 @@ class _NotListed(Exception):
     """The archive answered 404: Data Vision does not have it."""
 
 
-def _check_archive(path: Path, url: str) -> None:
-    """Refuse corrupt or truncated zips and members that would escape a target folder."""
+def _check_archive(path: Path, url: str, bound: SizeBound) -> None:
+    """Refuse corrupt or truncated zips, members that would escape a target folder and members
+    that declare more bytes than the file's period can hold (checked before any is inflated)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            for name in zf.namelist():
+            for info in zf.infolist():
+                name = info.filename
                 p = PurePosixPath(name.replace("\\", "/"))
                 if p.is_absolute() or ".." in p.parts or (name[1:2] == ":"):
                     raise DataVisionError(f"{url}: zip member {name!r} would escape the target folder (zip-slip); refused")
+                if info.file_size > bound.bytes:
+                    raise _too_big(f"{url}: zip member {name!r}", info.file_size, bound, "declares")
             bad = zf.testzip()
             if bad is not None:
                 raise DataVisionError(f"{url}: zip member {bad!r} is corrupt (CRC mismatch); refused")
     except zipfile.BadZipFile as e:
         raise DataVisionError(f"{url}: not a valid zip archive ({e}); the download is truncated or corrupt, refused") from e
+
+
+class _Transient(Exception):
+    """One attempt failed in a way another attempt may fix (connection, timeout, 429/5xx, cut body)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass
+class _HostHealth:
+    """Consecutive connection failures of one host, shared by every client of the process: ``lem
+    run`` makes a client per partition, and a host that refuses connections must cost the
+    retries once, not once per partition."""
+
+    failures: int = 0
+    down_until: float = 0.0
+    last_error: str = ""
+
+
+_HOSTS: dict[str, _HostHealth] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def _host_health(host: str) -> _HostHealth:
+    with _HOSTS_LOCK:
+        return _HOSTS.setdefault(host, _HostHealth())
+
+
+def _root_cause(error: Exception) -> str:
+    """requests wraps a refused connection three deep; the innermost reason is the readable one."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return str(reason or error)[:300]
+
+
+def reset_host_health() -> None:
+    """Forget every host's connection failures (a test, or a long-lived process that knows the
+    network is back)."""
+    with _HOSTS_LOCK:
+        _HOSTS.clear()
+
+
+def _recorded_sha256(checksum_file: Path) -> str | None:
+    """The digest of a local ``.CHECKSUM``, or None when it is missing, empty or not a sha256
+    line (a crash or a hand edit): such a file proves nothing, so the archive is re-verified."""
+    try:
+        text = checksum_file.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    digest = text.split()[0].lower() if text else ""
+    return digest if _is_sha256(digest) else None
+
+
+def _is_sha256(digest: str) -> bool:
+    return len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
 class BinanceDataVision:
@@ -168,6 +280,11 @@ class BinanceDataVision:
     Retries cover what a flaky network produces (connection errors, timeouts, 429 and 5xx,
     including a body that stops mid-way); a 404 is an answer, not a fault: that file is not
     listed. Files land under ``cache_dir`` with the same relative paths as on the server.
+
+    Every download has a total ``deadline_s`` across its retries, enforced while the body
+    streams in (a server that trickles bytes is cut), and after ``host_give_up_after``
+    consecutive connection failures the host is given up for ``host_cooldown_s``: later
+    requests to it, from any client of the process, fail at once.
     """
 
     def __init__(
@@ -179,6 +296,9 @@ class BinanceDataVision:
         read_timeout: float = 60.0,
         max_retries: int = 5,
         backoff: float = 1.0,
+        deadline_s: float = 300.0,
+        host_give_up_after: int = 3,
+        host_cooldown_s: float = 600.0,
         session: requests.Session | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -186,9 +306,13 @@ class BinanceDataVision:
         self.timeout = (connect_timeout, read_timeout)
         self.max_retries = max_retries
         self.backoff = backoff
+        self.deadline_s = deadline_s
+        self.host_give_up_after = host_give_up_after
+        self.host_cooldown_s = host_cooldown_s
         self.session = session or requests.Session()
         self.session.headers.setdefault("User-Agent", "lem-pipeline/0.1 (+Binance Data Vision client)")
         parsed = urlparse(self.base_url)
+        self.host = parsed.netloc
         self._local_root = Path(unquote(parsed.path)) if parsed.scheme == "file" else None
         if parsed.scheme not in ("http", "https", "file"):
             raise ValueError(f"Binance base URL must be http(s):// or file://, got {base_url!r}")
@@ -211,38 +335,108 @@ class BinanceDataVision:
                 return src.read_bytes()
             shutil.copyfile(src, dest)
             return b""
+        deadline = time.monotonic() + self.deadline_s
         last_error: Exception | None = None
         for attempt in range(self.max_retries + 1):
+            self._check_host(url)
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1)
                 log.warning("retrying %s in %.1fs (attempt %d/%d): %s", url, delay, attempt, self.max_retries, last_error)
-                time.sleep(delay)
+                self._sleep_before(deadline, delay, url, last_error)
             try:
-                with self.session.get(url, timeout=self.timeout, stream=True) as resp:
-                    if resp.status_code == 404:
-                        return None
-                    if resp.status_code == 429 or resp.status_code >= 500:
-                        last_error = DataVisionError(f"{url}: HTTP {resp.status_code}")
-                        retry_after = resp.headers.get("Retry-After", "")
-                        if retry_after.isdigit():
-                            time.sleep(min(float(retry_after), 60.0))
-                        continue
-                    if resp.status_code != 200:
-                        raise DataVisionError(f"{url}: unexpected HTTP {resp.status_code}")
-                    if dest is None:
-                        return resp.content
-                    with open(dest, "wb") as f:
-                        for chunk in resp.iter_content(chunk_size=1 << 20):
-                            f.write(chunk)
-                    expected = resp.headers.get("Content-Length")
-                    if expected is not None and dest.stat().st_size != int(expected):
-                        last_error = DataVisionError(
-                            f"{url}: body ended after {dest.stat().st_size} of {expected} bytes")
-                        continue
-                    return b""
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                last_error = e
+                if dest is None:
+                    buf = io.BytesIO()
+                    return None if self._attempt(url, buf, deadline, _MAX_CHECKSUM_BYTES) is None else buf.getvalue()
+                with open(dest, "wb") as f:
+                    return self._attempt(url, f, deadline, None)
+            except _Transient as e:
+                last_error = e.cause
         raise DataVisionError(f"{url}: failed after {self.max_retries + 1} attempts: {last_error}") from last_error
+
+    def _attempt(self, url: str, out: BinaryIO, deadline: float, limit: int | None) -> bytes | None:
+        """One GET into ``out``: b"" when the whole body arrived, None on 404; raises _Transient
+        for what a retry may fix and DataVisionError for what it may not."""
+        remaining = self._remaining(deadline, url, None)
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        try:
+            resp = self.session.get(url, timeout=timeout, stream=True)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            self._host_failed(e)
+            raise _Transient(e) from e
+        self._host_answered()
+        with resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code == 429 or resp.status_code >= 500:
+                retry_after = resp.headers.get("Retry-After", "")
+                error = DataVisionError(f"{url}: HTTP {resp.status_code}")
+                if retry_after.isdigit():
+                    self._sleep_before(deadline, min(float(retry_after), _RETRY_AFTER_CAP_S), url, error)
+                raise _Transient(error)
+            if resp.status_code != 200:
+                raise DataVisionError(f"{url}: unexpected HTTP {resp.status_code}")
+            try:
+                size = self._stream_body(resp, out, deadline, url, limit)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                raise _Transient(e) from e
+            expected = resp.headers.get("Content-Length")
+            if expected is not None and size != int(expected):
+                raise _Transient(DataVisionError(f"{url}: body ended after {size} of {expected} bytes"))
+            return b""
+
+    def _stream_body(self, resp: requests.Response, out: BinaryIO, deadline: float, url: str,
+                     limit: int | None) -> int:
+        """Copy the body, one socket read at a time (``read1``), so the deadline is checked
+        between reads: a server that sends a byte now and then never hits the read timeout."""
+        size = 0
+        while chunk := resp.raw.read1(_DOWNLOAD_CHUNK, decode_content=True):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise DataVisionError(f"{url}: more than {limit} bytes; not a .CHECKSUM, refused")
+            out.write(chunk)
+            self._remaining(deadline, url, None, size)
+        return size
+
+    def _remaining(self, deadline: float, url: str, last_error: Exception | None, received: int | None = None) -> float:
+        """Seconds left before the download's deadline; past it, a DataVisionError."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            got = f" with {received} bytes received" if received is not None else ""
+            cause = f" (last error: {last_error})" if last_error is not None else ""
+            raise DataVisionError(f"{url}: gave up at the download deadline of {self.deadline_s:g}s{got}{cause}")
+        return remaining
+
+    def _sleep_before(self, deadline: float, delay: float, url: str, last_error: Exception | None) -> None:
+        """Wait ``delay`` before the next attempt, unless the deadline comes first: then fail now
+        rather than sleep into it."""
+        if delay >= self._remaining(deadline, url, last_error):
+            raise DataVisionError(f"{url}: the next attempt (in {delay:g}s) would pass the download deadline "
+                                  f"of {self.deadline_s:g}s; last error: {last_error}")
+        time.sleep(delay)
+
+    # -- host health ----------------------------------------------------------------------
+    def _check_host(self, url: str) -> None:
+        health = _host_health(self.host)
+        wait = health.down_until - time.monotonic()
+        if wait > 0:
+            raise DataVisionError(
+                f"{url}: gave up on host {self.host} after {health.failures} consecutive connection failures "
+                f"(last: {health.last_error}); not trying it again for {wait:.0f}s")
+
+    def _host_failed(self, error: Exception) -> None:
+        health = _host_health(self.host)
+        with _HOSTS_LOCK:
+            health.failures += 1
+            health.last_error = _root_cause(error)
+            if health.failures >= self.host_give_up_after:
+                health.down_until = time.monotonic() + self.host_cooldown_s
+                log.error("giving up on %s for %.0fs after %d consecutive connection failures: %s",
+                          self.host, self.host_cooldown_s, health.failures, error)
+
+    def _host_answered(self) -> None:
+        health = _host_health(self.host)
+        with _HOSTS_LOCK:
+            health.failures, health.down_until = 0, 0.0
 
     def _expected_sha256(self, rel_path: str) -> str | None:
         body = self._get(rel_path + ".CHECKSUM", None)
@@ -250,7 +444,7 @@ class BinanceDataVision:
             return None
         text = body.decode("ascii", errors="replace").strip()
         digest = text.split()[0].lower() if text else ""
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not _is_sha256(digest):
             raise DataVisionError(f"{self.url(rel_path)}.CHECKSUM: not a sha256 line: {text[:80]!r}")
         return digest
 
@@ -259,15 +453,16 @@ class BinanceDataVision:
         """Make sure the archive at ``rel_path`` is on disk, verified, under its final name.
 
         An archive already on disk with a matching local ``.CHECKSUM`` costs no request at all:
-        published Data Vision archives never change.
+        published Data Vision archives never change. Every published archive has a
+        ``.CHECKSUM``: one that is missing while its archive is listed is an error, never a
+        reason to take the archive unverified.
         """
         url = self.url(rel_path)
         final = self.cache_dir / rel_path
-        checksum_file = final.with_name(final.name + ".CHECKSUM")
-        if final.is_file() and checksum_file.is_file():
-            recorded = checksum_file.read_text().split()[0]
-            if _sha256(final) == recorded:
-                return FetchResult(url, "cached", final, recorded)
+        checksum_file = _checksum_file(final)
+        recorded = _recorded_sha256(checksum_file) if final.is_file() else None
+        if recorded is not None and _sha256(final) == recorded:
+            return FetchResult(url, "cached", final, recorded)
         expected = self._expected_sha256(rel_path)
         if final.is_file() and expected is not None and _sha256(final) == expected:
             atomic_write_text(checksum_file, f"{expected}  {final.name}")
@@ -279,18 +474,35 @@ class BinanceDataVision:
             nonlocal actual
             if self._get(rel_path, Path(tmp)) is None:
                 raise _NotListed
+            if expected is None:
+                raise DataVisionError(f"{url}.CHECKSUM: not found (404) while the archive is listed; an archive that "
+                                      "cannot be verified is refused")
             actual = _sha256(Path(tmp))
-            if expected is not None and actual != expected:
+            if actual != expected:
                 raise DataVisionError(f"{url}: sha256 {actual} does not match .CHECKSUM {expected}; refused")
-            _check_archive(Path(tmp), url)
+            _check_archive(Path(tmp), url, size_bound(final.name))
 
         try:
             atomic_write(final, download_verified)
         except _NotListed:
             return FetchResult(url, "not_listed")
-        if expected is not None:
-            atomic_write_text(checksum_file, f"{expected}  {final.name}")
+        atomic_write_text(checksum_file, f"{expected}  {final.name}")
         return FetchResult(url, "downloaded", final, actual)
+
+    def evict(self, paths: Iterable[Path]) -> list[Path]:
+        """Take archives that failed to parse or to validate out of the cache: each is renamed
+        to ``<name>.rejected`` (kept for inspection) and its ``.CHECKSUM`` removed, so the next
+        run downloads it again instead of reusing it without a request once the source is fixed."""
+        moved = []
+        for path in paths:
+            if not path.is_file():
+                continue
+            rejected = path.with_name(path.name + REJECTED_SUFFIX)
+            _checksum_file(path).unlink(missing_ok=True)
+            os.replace(path, rejected)
+            log.warning("evicted %s from the archive cache as %s", path, rejected.name)
+            moved.append(rejected)
+        return moved
 
     # -- one month of one stream ----------------------------------------------------------
     def fetch_month(self, stream: KlineStream, month: date, *, today: date | None = None) -> MonthFiles:
@@ -331,23 +543,19 @@ def read_klines(path: str | Path) -> pl.DataFrame:
     """Read one Data Vision kline zip or CSV into the pipeline's kline columns. (contract)
 
     Accepts files with or without Binance's header row and ``open_time`` in milliseconds or
-    microseconds (Binance's spot files switched to microseconds on 2025-01-01).
+    microseconds (Binance's spot files switched to microseconds on 2025-01-01). A file larger
+    than its period can hold (``size_bound``) is refused before it is inflated, and never more
+    than the bound is read whatever the zip header says.
     """
     path = Path(path)
-    if path.suffix == ".zip":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
-                if len(members) != 1:
-                    raise DataVisionError(f"{path}: expected one CSV member, found {members}")
-                data = zf.read(members[0])
-        except zipfile.BadZipFile as e:
-            raise DataVisionError(f"{path}: not a valid zip archive ({e})") from e
-    else:
-        data = path.read_bytes()
+    bound = size_bound(path.name)
+    data = _read_bounded(path, bound)
     if not data.strip():
         return empty_klines()
     raw = _read_csv_bytes(data, str(path))
+    if raw.height > bound.rows:
+        raise DataVisionError(f"{path}: {raw.height} rows, more than the {bound.rows} a {bound.period} file can hold; "
+                              "refused")
     unit = pl.when(pl.col("open_time") >= _MICROSECOND_THRESHOLD)
     return raw.select(
         unit.then(pl.col("open_time")).otherwise(pl.col("open_time") * 1000)
@@ -356,6 +564,32 @@ def read_klines(path: str | Path) -> pl.DataFrame:
         .alias("open_time"),
         *[pl.col(c) for c in KLINE_COLUMNS[1:]],
     )
+
+
+def _read_bounded(path: Path, bound: SizeBound) -> bytes:
+    """The CSV bytes of a kline zip or CSV, refusing more than ``bound.bytes``: the declared size
+    is checked first, then at most one byte past the bound is read."""
+    if path.suffix != ".zip":
+        with open(path, "rb") as f:
+            return _bounded(f, str(path), os.fstat(f.fileno()).st_size, bound)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [i for i in zf.infolist() if i.filename.lower().endswith(".csv")]
+            if len(members) != 1:
+                raise DataVisionError(f"{path}: expected one CSV member, found {[i.filename for i in members]}")
+            with zf.open(members[0]) as f:
+                return _bounded(f, f"{path} (member {members[0].filename!r})", members[0].file_size, bound)
+    except zipfile.BadZipFile as e:
+        raise DataVisionError(f"{path}: not a valid zip archive ({e})") from e
+
+
+def _bounded(f: BinaryIO, where: str, declared: int, bound: SizeBound) -> bytes:
+    if declared > bound.bytes:
+        raise _too_big(where, declared, bound, "declares")
+    data = f.read(bound.bytes + 1)
+    if len(data) > bound.bytes:
+        raise _too_big(where, len(data), bound, "inflates to at least")
+    return data
 
 
 def empty_klines() -> pl.DataFrame:

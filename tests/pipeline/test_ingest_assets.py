@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import zipfile
 from datetime import date, datetime, timezone
@@ -48,6 +49,12 @@ def source_lines(stream: KlineStream, month: str) -> list[str]:
 
 def ms(line: str) -> datetime:
     return datetime.fromtimestamp(int(line.split(",")[0]) / 1000, tz=timezone.utc)
+
+
+def write_checksum(zip_path: Path) -> None:
+    """The .CHECKSUM Data Vision publishes beside every archive (a listed archive without one is refused)."""
+    zip_path.with_name(zip_path.name + ".CHECKSUM").write_text(
+        f"{hashlib.sha256(zip_path.read_bytes()).hexdigest()}  {zip_path.name}\n")
 
 
 def materialization(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
@@ -116,6 +123,7 @@ def bad_month(tmp_path):
     (root / rel).parent.mkdir(parents=True)
     with zipfile.ZipFile(root / rel, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("BTCUSDT-1h-2020-01.csv", "\n".join(lines) + "\n")
+    write_checksum(root / rel)
     yield from serve(root)
 
 
@@ -124,7 +132,12 @@ def test_bad_rows_fail_the_blocking_check_and_name_the_rows(bad_month, dagster_h
     instance = dg.DagsterInstance.get()
     k = key("BTCUSDT", "2020-01")
     summary = run_partitions(defs, "crypto_ingest_job", instance, [k], progress=False)
-    assert "blocking asset check failed" in summary.failed[k] and "valid_bars" in summary.failed[k]
+    # the asset fails (it does not materialise with a failed check), naming the month, the URL and the rows
+    message = summary.failed[k]
+    assert f"BTCUSDT 2020-01 ({bad_month.url}/{BTC.monthly_path(date(2020, 1, 1))}): " in message
+    assert "row 5 (symbol=BTCUSDT, open_time=2020-01-01 05:00:00+00:00)" in message
+    assert not instance.get_materialized_partitions(dg.AssetKey("binance_klines"))
+    assert instance.fetch_materializations(dg.AssetKey("binance_klines"), limit=1).records == []
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("binance_klines"), "valid_bars")])[
         dg.AssetCheckKey(dg.AssetKey("binance_klines"), "valid_bars")]
@@ -144,6 +157,7 @@ def test_truncated_zip_fails_the_run_with_the_url_and_writes_no_parquet(tmp_path
     (root / rel).parent.mkdir(parents=True)
     shutil.copyfile(BINANCE_MIRROR / rel, root / rel)
     (root / rel).write_bytes((root / rel).read_bytes()[:5000])
+    write_checksum(root / rel)  # published truncated: the checksum matches, the zip check refuses it
     for server in serve(root):
         defs = make_defs(server.url, tmp_path)
         summary = run_partitions(defs, "crypto_ingest_job", dg.DagsterInstance.get(), [key("BTCUSDT", "2020-01")],
