@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lem_model.processes import pid_alive
+
 _FILE_MODE = 0o666  # what open() asks for, before the umask
 _DIR_MODE = 0o777  # what mkdir() asks for, before the umask
 _PID_TAG = "pid"
@@ -42,16 +44,6 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def sweep_stale_temporaries(target: Path) -> list[Path]:
     """Remove the temporaries beside ``target`` left by writers whose process is gone; return them."""
     target = Path(target)
@@ -65,7 +57,7 @@ def sweep_stale_temporaries(target: Path) -> list[Path]:
         if not entry.name.startswith(prefix):
             continue
         pid = entry.name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

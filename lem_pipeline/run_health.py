@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable
-from pathlib import Path
-
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+
+from lem_model.processes import pid_alive
 
 PID_TAG = "lem/pid"
 HOST_TAG = "lem/host"
@@ -32,21 +32,6 @@ _IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.Da
 def process_tags(pid_tag: str = PID_TAG, host_tag: str = HOST_TAG) -> dict[str, str]:
     """Tags naming this process, for a run it is about to execute."""
     return {pid_tag: str(os.getpid()), host_tag: socket.gethostname()}
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process on this host (a zombie is dead: it only awaits reaping)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the signal check is all there is
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:

@@ -14,6 +14,7 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext
 
+from lem_model.failpoints import failpoint
 from lem_pipeline.lake import DataLake, write_parquet_atomic
 from lem_pipeline.partitions import klines_partitions, next_month, ticker_partitions
 from lem_pipeline.presets import Preset
@@ -112,6 +113,7 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         if not files.listed:
             context.log.warning(f"{stream.symbol} {month:%Y-%m}: not listed at {binance.base_url} (404); recorded, empty partition")
         out = lake.klines_file(stream, month)
+        failpoint("ingest")
         write_parquet_atomic(df, out)
         step = timedelta(seconds=interval_seconds(stream.interval))
         month_end = datetime.combine(next_month(month), datetime.min.time(), timezone.utc)
@@ -152,6 +154,7 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         gaps = _weekday_gaps(df)
         checks = _validated(context, DailyBars, df, gaps, f"{ticker} ({source.describe(ticker)})")
         out = lake.daily_file(ticker)
+        failpoint("ingest")
         write_parquet_atomic(df, out)
         return dg.MaterializeResult(
             metadata={

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lem_model.fileio import atomic_write, atomic_write_text, replaced_dir
+from lem_model.fileio import atomic_write_text, replaced_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
