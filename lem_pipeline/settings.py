@@ -22,6 +22,7 @@ MLFLOW_DIR = "LEM_MLFLOW_DIR"
 MLFLOW_URI = "LEM_MLFLOW_URI"
 MLFLOW_ARTIFACTS = "LEM_MLFLOW_ARTIFACTS"
 _PATHS = (DATA_DIR, YAHOO_DIR, MLFLOW_DIR, MLFLOW_ARTIFACTS)
+SQLITE_PREFIX = "sqlite:///"  # the embedded MLflow store's URI scheme (an absolute path follows)
 
 
 def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -34,5 +35,11 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     environ.setdefault(BINANCE_URL, DEFAULT_BASE_URL)
     environ.setdefault(YAHOO_DIR, "")
     mlflow_dir = Path(environ.setdefault(MLFLOW_DIR, str(Path("mlruns").resolve())))
-    environ.setdefault(MLFLOW_URI, f"sqlite:///{mlflow_dir / 'mlflow.db'}")
+    environ.setdefault(MLFLOW_URI, f"{SQLITE_PREFIX}{mlflow_dir / 'mlflow.db'}")
     environ.setdefault(MLFLOW_ARTIFACTS, str(mlflow_dir / "artifacts"))
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an embedded (SQLite) MLflow store, None for any other store: what
+    can be checked before MLflow opens it (opening creates an empty store)."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
