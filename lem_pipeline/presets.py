@@ -13,6 +13,7 @@ from datetime import date
 from lem_model.config import PAPER_SIZE, SMALL_SIZE, ModelSize
 from lem_model.train import TrainConfig
 from lem_pipeline import settings
+from lem_pipeline.errors import UserError
 from lem_pipeline.sources.binance import KlineStream
 from lem_pipeline.windows import WindowConfig
 
@@ -125,4 +126,4 @@ def get_preset(name: str | None = None) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} (LEM_PRESET)") from None
+        raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} (LEM_PRESET)") from None

@@ -28,6 +28,7 @@ TORCH_THREADS = "LEM_TORCH_THREADS"  # empty: the thread budget below
 TORCH_POOL = "torch"
 TORCH_STEPS_AT_ONCE = 1
 _PATHS = (DATA_DIR, YAHOO_DIR, MLFLOW_DIR, MLFLOW_ARTIFACTS)
+SQLITE_PREFIX = "sqlite:///"  # the embedded MLflow store's URI scheme (an absolute path follows)
 
 
 def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -40,7 +41,7 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     environ.setdefault(BINANCE_URL, DEFAULT_BASE_URL)
     environ.setdefault(YAHOO_DIR, "")
     mlflow_dir = Path(environ.setdefault(MLFLOW_DIR, str(Path("mlruns").resolve())))
-    environ.setdefault(MLFLOW_URI, f"sqlite:///{mlflow_dir / 'mlflow.db'}")
+    environ.setdefault(MLFLOW_URI, f"{SQLITE_PREFIX}{mlflow_dir / 'mlflow.db'}")
     environ.setdefault(MLFLOW_ARTIFACTS, str(mlflow_dir / "artifacts"))
 
 
@@ -51,3 +52,9 @@ def thread_budget(environ: MutableMapping[str, str] = os.environ) -> int:
         return max(1, int(environ[TORCH_THREADS]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // TORCH_STEPS_AT_ONCE)
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an embedded (SQLite) MLflow store, None for any other store: what
+    can be checked before MLflow opens it (opening creates an empty store)."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None

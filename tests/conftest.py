@@ -154,3 +154,36 @@ def small_equity_windows(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("windows") / "equity"
     build_windows(series, cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(small_equity_windows: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(directory, model): a tiny model trained one epoch on small_equity_windows, saved as the
+    pipeline saves one (``directory / "model"``), and KO's daily bars (``directory / "KO.parquet"``)."""
+    import shutil
+    from datetime import date
+
+    import polars as pl
+
+    from lem_model import LargeExecutionModel, LEMConfig
+    from lem_model.saved_model import save_model
+    from lem_model.train import TrainConfig, seed_everything, train
+    from lem_model.window_dataset import WindowDataset
+    from lem_pipeline.bars import daily_bars
+    from lem_pipeline.sources.yahoo import CsvDirectorySource
+    from lem_pipeline.trained_model import WINDOWS_META
+
+    train_set, val_set = WindowDataset(small_equity_windows, "train"), WindowDataset(small_equity_windows, "val")
+    meta = train_set.meta
+    seed_everything(0)
+    model = LargeExecutionModel(LEMConfig(n_features=len(meta["features"]), lookback=meta["config"]["lookback"],
+                                          n_ahead=meta["config"]["n_ahead"], hidden_size=8, num_embedding=4,
+                                          num_heads=2, fused_hidden=8))
+    out = tmp_path_factory.mktemp("desk")
+    train(model, train_set, val_set, TrainConfig(epochs=1, batch_size=64, lr=1e-3, progress=False), out / "ckpt")
+    save_model(model, out / "model")
+    shutil.copyfile(small_equity_windows / "meta.json", out / "model" / WINDOWS_META)
+    bars = daily_bars(CsvDirectorySource(YAHOO_DIR).load("KO", date(2000, 1, 3), date(2024, 12, 31))
+                      .with_columns(pl.lit("KO").alias("ticker")))
+    bars.write_parquet(out / "KO.parquet")
+    return out, model

@@ -4,19 +4,18 @@ reference's one-bar look-ahead, trained and evaluated on the same windows), for 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lem_pipeline.commands.local import add_preset_argument
 from lem_pipeline.commands.run import run_jobs
+from lem_pipeline.errors import UserError
 
 
 def lookahead(args: argparse.Namespace) -> int:
     from lem_pipeline.presets import get_preset
 
     if not get_preset(args.preset).tickers:
-        print(f"lem lookahead: preset {args.preset!r} has no equity tickers; the look-ahead measurement is made on "
-              "the equity model", file=sys.stderr)
-        return 2
+        raise UserError(f"preset {args.preset!r} has no equity tickers; the look-ahead measurement is made on "
+                        "the equity model")
     return run_jobs("lookahead", ["lookahead_job"], args)
 
 

@@ -5,10 +5,20 @@ with a failed run (what follows would read incomplete inputs)."""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
-from lem_pipeline.commands.local import add_preset_argument, open_local
+from lem_model.evaluate import EvalArrays, headline
+from lem_pipeline import settings
+from lem_pipeline.commands.local import LocalDeployment, add_preset_argument, open_local
+from lem_pipeline.lake import DataLake
 from lem_pipeline.local_runs import run_partitions
+from lem_pipeline.materializations import NotMaterializedError, latest_metadata
+from lem_pipeline.model_training import PROGRESS
+from lem_pipeline.presets import DATASETS
+from lem_pipeline.run_health import fail_dead_runs
+from lem_pipeline.tracking import MLflowTracking
 
 
 def main_jobs(preset) -> list[str]:
@@ -18,10 +28,51 @@ def main_jobs(preset) -> list[str]:
     return jobs
 
 
+def recover(local: LocalDeployment) -> None:
+    """Before running anything: fail the runs a killed `lem run` (or any dead process) left in
+    progress, Dagster's and MLflow's, so nothing stays STARTED or RUNNING and no pool stays held."""
+    dagster_runs = fail_dead_runs(local.instance)
+    mlflow_runs = MLflowTracking.from_environment().fail_dead_runs([f"lem-{d}" for d in DATASETS])
+    if dagster_runs or mlflow_runs:
+        print(f"recovered: marked {len(dagster_runs)} Dagster runs failed and {len(mlflow_runs)} MLflow runs FAILED "
+              "(their process was gone)", flush=True)
+
+
+def _show_progress() -> None:
+    """Epoch lines (loss, ETA) on stderr while training runs in this process."""
+    if not PROGRESS.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        PROGRESS.addHandler(handler)
+        PROGRESS.setLevel(logging.INFO)
+
+
+def where_to_look(local: LocalDeployment, evaluations: list[str]) -> list[str]:
+    """The headline of each evaluation and the commands that open the runs."""
+    lake = DataLake.from_environment()
+    lines = []
+    for asset in evaluations:
+        try:
+            meta = latest_metadata(local.instance, asset)
+        except NotMaterializedError:
+            continue
+        name = asset.removesuffix("_evaluation")
+        h = headline(EvalArrays.load(lake.slippage_file(name)))
+        lines += [f"{name}: Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps vs TWAP volume "
+                  f"{h['test_twap_volume_std_bps']:.2f} bps ({100 * h['test_match_vwap_std_reduction']:.1f}% lower); "
+                  f"{meta.get('champion', '')}",
+                  f"  tables: {meta['path']}", f"  MLflow run: {meta['mlflow_run']}"]
+    uri = os.environ[settings.MLFLOW_URI]
+    return lines + [f"Dagster UI: DAGSTER_HOME={local.home} dagster dev -w workspace.yaml",
+                    f"MLflow UI:  mlflow ui --backend-store-uri {uri}"]
+
+
 def run_jobs(command: str, jobs: list[str], args: argparse.Namespace) -> int:
     local = open_local(args.preset)
     print(f"lem {command}: preset {local.preset.name!r} ({local.preset.description}); DAGSTER_HOME={local.home}",
           flush=True)
+    recover(local)
+    _show_progress()
     for job in jobs:
         summary = run_partitions(local.defs, job, local.instance, progress=not args.quiet)
         print(f"{job}: {len(summary.succeeded)} runs succeeded, {len(summary.failed)} failed", flush=True)
@@ -31,7 +82,8 @@ def run_jobs(command: str, jobs: list[str], args: argparse.Namespace) -> int:
             print(f"lem {command}: {len(summary.failed)} runs failed. If a source cannot be reached, point "
                   "LEM_BINANCE_URL / LEM_YAHOO_DIR at a local mirror (see README).", file=sys.stderr)
             return 1
-    print(f"lem {command}: done. Look at the runs with `dagster dev -w workspace.yaml`.")
+    evaluations = [f"{d}_evaluation" for d in DATASETS if f"{d}_training_job" in jobs]
+    print(f"lem {command}: done.", *where_to_look(local, evaluations), sep="\n")
     return 0
 
 
@@ -44,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="materialise the preset's asset graph on the local Dagster instance")
     add_preset_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the training's epoch lines stay)")
     p.set_defaults(func=run)

@@ -1,41 +1,154 @@
 """``lem schedule``: the allocation for the next bar (or a replay) of one order, from a trained
-model and recent bars (lem_pipeline.order_schedule)."""
+model and recent bars (lem_pipeline.order_schedule).
+
+Every argument and input is checked before anything is computed; a bad one is a UserError
+naming it (one line, exit 2: lem_pipeline.cli). The bars themselves are checked by
+order_schedule.check_bars, so the library path is protected as well."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from datetime import datetime, timezone
+import math
+import os
+import pickle
+import re
+from datetime import datetime
+from pathlib import Path
+
+from lem_pipeline.errors import UserError
+
+MATCH = "match"  # --min-duration: match the benchmark over the whole horizon
+# What loading a damaged model directory raises (bad JSON, a truncated or foreign model.pt,
+# weights of another shape): the user's file is wrong, not the code.
+_CORRUPT_MODEL = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError)
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
+_MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
+
+
+def _quote(e: BaseException) -> str:
+    """The first sentence of an underlying error, short enough for a one-line message."""
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {first[:_MESSAGE_CHARS]}"
+
+
+def _looks_like_path(source: str) -> bool:
+    return Path(source).exists() or (os.sep in source and not _URI_SCHEME.match(source))
+
+
+def check_model_dir(path: Path) -> None:
+    """A trained-model directory holds the saved model and the windows config it was trained on."""
+    from lem_model.saved_model import CONFIG, WEIGHTS
+    from lem_pipeline.trained_model import WINDOWS_META
+
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such trained-model directory")
+    missing = [f for f in (CONFIG, WEIGHTS, WINDOWS_META) if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"--model {path}: not a trained-model directory, missing {', '.join(missing)}")
+
+
+def _check_store(source: str) -> str:
+    """The MLflow store a run id is looked up in (LEM_MLFLOW_URI / LEM_MLFLOW_DIR); an embedded one
+    must exist: opening a missing one would create it."""
+    from lem_pipeline import settings
+    from lem_pipeline.tracking import MLflowTracking
+
+    uri = MLflowTracking.from_environment().tracking_uri
+    store = settings.sqlite_file(uri)
+    if store is not None and not store.is_file():
+        raise UserError(f"--model {source}: no such model directory, and no MLflow store at {store} to look it up "
+                        f"in as a run id ({settings.MLFLOW_URI} / {settings.MLFLOW_DIR})")
+    return uri
+
+
+def load_model_source(source: str):
+    """(model, windows config) from a trained-model directory or an MLflow run id, or a UserError
+    naming the directory or the run and the store searched."""
+    from mlflow.exceptions import MlflowException
+
+    from lem_pipeline.trained_model import load_trained
+
+    if _looks_like_path(source):
+        check_model_dir(Path(source))
+        where = "corrupt trained-model directory"
+    else:
+        where = f"no such model directory or MLflow run in {_check_store(source)}"
+    try:
+        return load_trained(source)
+    except (MlflowException, *_CORRUPT_MODEL) as e:
+        raise UserError(f"--model {source}: {where} ({_quote(e)})") from e
+
+
+def parse_start(text: str | None) -> datetime | None:
+    """``--start``: an ISO time; naive is UTC, an offset is converted to UTC."""
+    from lem_pipeline.order_schedule import as_utc
+
+    if text is None:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise UserError(f"--start {text!r} is not an ISO date or time (e.g. 2024-03-08 or "
+                        "2021-03-01T14:00:00+00:00)") from None
+
+
+def check_order_args(args: argparse.Namespace) -> None:
+    """Rates per bar are fractions of the order: 0 <= min <= max <= 1 with max > 0; a quantity is positive."""
+    if not 0.0 <= args.min_rate <= 1.0:
+        raise UserError(f"--min-rate {args.min_rate:g} must be in [0, 1] (a fraction of the order per bar)")
+    if not 0.0 < args.max_rate <= 1.0:
+        raise UserError(f"--max-rate {args.max_rate:g} must be in (0, 1] (a fraction of the order per bar)")
+    if args.min_rate > args.max_rate:
+        raise UserError(f"--min-rate {args.min_rate:g} is above --max-rate {args.max_rate:g}")
+    if args.quantity is not None and not (args.quantity > 0 and math.isfinite(args.quantity)):
+        raise UserError(f"--quantity {args.quantity:g} must be a number > 0")
+
+
+def parse_min_duration(text: str, n_ahead: int) -> int | None:
+    """``--min-duration``: 1..N bars of the model's horizon, or 'match' (None)."""
+    if text == MATCH:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= n_ahead:
+        raise UserError(f"--min-duration {text!r} must be 1..{n_ahead} (the model's horizon N) or {MATCH!r}")
+    return int(text)
+
+
+def read_bars(path: str, symbol: str | None):
+    """The Parquet of bars, one symbol's rows with ``symbol``."""
+    import polars as pl
+
+    if not Path(path).is_file():
+        raise UserError(f"--bars {path}: no such file")
+    try:
+        bars = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise UserError(f"--bars {path}: not a readable Parquet file ({_quote(e)})") from e
+    if symbol is None or "symbol" not in bars.columns:
+        return bars
+    kept = bars.filter(pl.col("symbol") == symbol)
+    if kept.is_empty():
+        raise UserError(f"--bars {path}: no bars for --symbol {symbol} (symbols there: "
+                        f"{', '.join(map(str, sorted(bars['symbol'].unique().to_list(), key=str)))})")
+    return kept
 
 
 def schedule(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from lem_model.orders import Order
     from lem_pipeline.order_schedule import schedule_order
-    from lem_pipeline.trained_model import load_trained
 
-    model, cfg = load_trained(args.model)
-    bars = pl.read_parquet(args.bars)
-    if args.symbol:
-        bars = bars.filter(pl.col("symbol") == args.symbol)
-    if bars.is_empty():
-        print(f"lem schedule: no bars in {args.bars}" + (f" for {args.symbol}" if args.symbol else ""), file=sys.stderr)
-        return 2
-    min_duration = None if args.min_duration == "match" else int(args.min_duration)
+    start = parse_start(args.start)
+    check_order_args(args)
+    model, cfg = load_model_source(args.model)
+    min_duration = parse_min_duration(args.min_duration, cfg.n_ahead)
+    bars = read_bars(args.bars, args.symbol)
     order = Order(args.side, args.target, args.benchmark, min_duration, args.min_rate, args.max_rate)
-    start = datetime.fromisoformat(args.start).replace(tzinfo=timezone.utc) if args.start else None
-    try:
-        steps = schedule_order(model, cfg, bars, order, start)
-    except ValueError as e:
-        print(f"lem schedule: {e}", file=sys.stderr)
-        return 2
+    steps = schedule_order(model, cfg, bars, order, start, name=f"--bars {args.bars}")
     rows = [{"step": s.step, "bar": s.bar_open_time.isoformat(), "fraction": s.decision.fraction,
              "executed_before": s.decision.executed, **({"quantity": s.decision.fraction * args.quantity}
                                                         if args.quantity else {})} for s in steps]
     if args.json:
-        print(json.dumps({"order": order.__dict__, "steps": rows}))
+        print(json.dumps({"order": order.__dict__, "steps": rows}, allow_nan=False))
     else:
         print(f"{order}  (model N={cfg.n_ahead}, lookback {cfg.lookback})")
         for row in rows:
@@ -53,10 +166,12 @@ def add_parser(sub) -> None:
     p.add_argument("--side", choices=["buy", "sell"], default="buy")
     p.add_argument("--target", choices=["volume", "notional"], default="volume")
     p.add_argument("--benchmark", choices=["vwap", "twap"], default="vwap")
-    p.add_argument("--min-duration", default="match", help="1..N bars, or 'match' to match the benchmark")
-    p.add_argument("--min-rate", type=float, default=0.0)
-    p.add_argument("--max-rate", type=float, default=1.0)
-    p.add_argument("--quantity", type=float, help="order size, to print quantities as well as fractions")
-    p.add_argument("--start", help="execution start (a bar's open time, UTC): replay every step from there")
+    p.add_argument("--min-duration", default=MATCH, help="1..N bars (N: the model's horizon), or 'match' to match "
+                                                          "the benchmark")
+    p.add_argument("--min-rate", type=float, default=0.0, help="least fraction of the order per bar, in [0, max-rate]")
+    p.add_argument("--max-rate", type=float, default=1.0, help="most fraction of the order per bar, in (0, 1]")
+    p.add_argument("--quantity", type=float, help="order size (> 0), to print quantities as well as fractions")
+    p.add_argument("--start", help="execution start, a bar's open time in ISO format: replay every step from there. "
+                                   "A time without an offset is UTC; one with an offset (+05:00) is converted to UTC")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=schedule)
