@@ -67,16 +67,19 @@ def load_model_source(source: str):
     naming the directory or the run and the store searched."""
     from mlflow.exceptions import MlflowException
 
+    from lem_pipeline.registry import RegistryError, is_registry_uri
     from lem_pipeline.trained_model import load_trained
 
     if _looks_like_path(source):
         check_model_dir(Path(source))
         where = "corrupt trained-model directory"
+    elif is_registry_uri(source):
+        where = f"no such registered model version in {_check_store(source)}"
     else:
         where = f"no such model directory or MLflow run in {_check_store(source)}"
     try:
         return load_trained(source)
-    except (MlflowException, *_CORRUPT_MODEL) as e:
+    except (MlflowException, RegistryError, *_CORRUPT_MODEL) as e:
         raise UserError(f"--model {source}: {where} ({_quote(e)})") from e
 
 
@@ -160,7 +163,7 @@ def schedule(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("schedule", help="allocation for the next bar (or a replay) of one order, from a trained model")
-    p.add_argument("--model", required=True, help="trained-model directory or MLflow run id (LEM_MLFLOW_URI)")
+    p.add_argument("--model", required=True, help="trained-model directory, MLflow run id, or registry URI such as models:/lem-equity@champion (in the store of LEM_MLFLOW_URI / LEM_MLFLOW_DIR)")
     p.add_argument("--bars", required=True, help="Parquet of bars (data/bars/...): open_time, volume, quote_volume, vwap")
     p.add_argument("--symbol", help="keep only this symbol's bars")
     p.add_argument("--side", choices=["buy", "sell"], default="buy")

@@ -82,9 +82,11 @@ def test_lem_run_sets_up_a_new_dagster_home_and_says_where_to_look(deployment):
 
 def test_kill_9_at_four_points_then_lem_run_completes_with_the_same_outputs(deployment):
     root, env, data, before = deployment["root"], deployment["env"], deployment["data"], deployment["uninterrupted"]
-    for point in POINTS:
+    for i, point in enumerate(POINTS):
         killed = lem(env, root, "run", "--preset", "smoke", "--quiet", failpoint=point)
         assert killed.returncode == -9, (point, killed.stderr[-4000:])
+        if i:  # each run first fails the run the previous kill left STARTED
+            assert "marked 1 Dagster runs failed" in killed.stdout, (point, killed.stdout)
         # What a crash leaves is the old complete state (the half-written new one is hidden aside);
         # after the "evaluation" kill the model is the resumed training's: the same weights.
         now = outputs(data)
@@ -92,11 +94,12 @@ def test_kill_9_at_four_points_then_lem_run_completes_with_the_same_outputs(depl
         if point == "epoch":
             states = list((data / "training" / "equity").glob(f"*/{TRAINING_STATE}"))
             assert len(states) == 1 and load_training_state(states[0])["epoch"] == 0
-        if point == "evaluation":  # the run killed after epoch 1 was resumed from it
+        if point == "evaluation":  # the training killed after epoch 1: its MLflow run failed, then resumed
+            assert "and 1 MLflow runs FAILED" in killed.stdout, killed.stdout
             assert "resuming MLflow run" in killed.stderr and "resumed at epoch 2" in killed.stderr
     final = lem(env, root, "run", "--preset", "smoke", "--quiet")
     assert final.returncode == 0, final.stderr[-4000:]
-    assert "marked 4 Dagster runs failed" in final.stdout
+    assert "marked 1 Dagster runs failed and 0 MLflow runs FAILED" in final.stdout, final.stdout
     assert outputs(data) == before
     assert hidden_entries(data) == []
     assert not any((data / "training" / "equity").iterdir())  # no checkpoint left behind
