@@ -131,7 +131,7 @@ def cwd(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_one_line_and_status_2(case: Case, trained_model, bad: Path, cwd: Path) -> None:
+def test_findings_06_11_one_line_and_status_2(case: Case, trained_model, bad: Path, cwd: Path) -> None:
     out, _ = trained_model
     paths = {"model": out / "model", "bars": out / "KO.parquet", "bad": bad, "tmp": cwd.parent}
     proc = lem([_fill(a, paths) for a in case.argv], cwd, {k: _fill(v, paths) for k, v in case.env.items()})
@@ -146,7 +146,7 @@ def test_one_line_and_status_2(case: Case, trained_model, bad: Path, cwd: Path) 
     assert not list(cwd.iterdir()), "the command wrote into its working directory (a stray mlflow.db?)"
 
 
-def test_debug_shows_the_traceback(trained_model, cwd: Path) -> None:
+def test_finding_11_debug_shows_the_traceback(trained_model, cwd: Path) -> None:
     out, _ = trained_model
     proc = lem(["--debug", "schedule", "--model", str(out / "model"), "--bars", str(out / "KO.parquet"),
                 "--max-rate", "5"], cwd)
@@ -157,7 +157,7 @@ def _no_nan(constant: str):
     raise AssertionError(f"{constant} in the JSON output")
 
 
-def test_json_is_strict_and_an_offset_start_is_converted(trained_model, cwd: Path) -> None:
+def test_finding_06_json_is_strict_and_an_offset_start_is_converted(trained_model, cwd: Path) -> None:
     """2021-03-01T05:00+05:00 is the bar at 2021-03-01T00:00Z; its offset is not dropped."""
     out, model = trained_model
     proc = lem(["schedule", "--model", str(out / "model"), "--bars", str(out / "KO.parquet"), "--json",

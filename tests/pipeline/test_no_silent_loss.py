@@ -26,7 +26,7 @@ def defs_for(tmp_path, binance_url: str, yahoo_dir) -> dg.Definitions:
                                                 "yahoo": YahooSource(csv_dir=str(yahoo_dir))})
 
 
-def test_a_missing_file_mirror_is_an_error(tmp_path, dagster_home):
+def test_finding_01_a_missing_file_mirror_is_an_error(tmp_path, dagster_home):
     with pytest.raises(DataVisionError, match=r"file:///nonexistent/mirror: no such directory"):
         BinanceDataVision("file:///nonexistent/mirror", tmp_path / "cache")
     summary = run_partitions(defs_for(tmp_path, "file:///nonexistent/mirror", YAHOO_DIR), "crypto_ingest_job",
@@ -35,7 +35,7 @@ def test_a_missing_file_mirror_is_an_error(tmp_path, dagster_home):
     assert not DataLake(root=str(tmp_path / "lake")).klines_file(BTC, date(2020, 1, 1)).exists()
 
 
-def test_a_month_that_answers_404_never_replaces_valid_klines(mirror, tmp_path, dagster_home):
+def test_finding_01_a_month_that_answers_404_never_replaces_valid_klines(mirror, tmp_path, dagster_home):
     instance = dg.DagsterInstance.get()
     k = key("BTCUSDT", "2020-01")
     assert run_partitions(defs_for(tmp_path, mirror.url, YAHOO_DIR), "crypto_ingest_job", instance, [k],
@@ -53,7 +53,7 @@ def test_a_month_that_answers_404_never_replaces_valid_klines(mirror, tmp_path, 
     assert path.read_bytes() == before
 
 
-def test_a_header_only_yahoo_csv_never_replaces_valid_bars(tmp_path, dagster_home):
+def test_finding_01_a_header_only_yahoo_csv_never_replaces_valid_bars(tmp_path, dagster_home):
     instance = dg.DagsterInstance.get()
     assert run_partitions(defs_for(tmp_path, "http://127.0.0.1:9", YAHOO_DIR), "equity_ingest_job", instance, ["KO"],
                           progress=False).failed == {}

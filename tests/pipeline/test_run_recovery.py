@@ -166,3 +166,41 @@ def test_finding_10_a_killed_training_resumes_in_the_same_mlflow_run(small_equit
     a, b = torch.load(tmp_path / "m1" / "model.pt"), torch.load(tmp_path / "m2" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["val_loss"] for h in resumed.result.history] == [h["val_loss"] for h in straight.result.history]
+
+
+
+def test_finding_12_one_thread_budget_for_torch_steps(monkeypatch):
+    """Torch steps share the cores instead of each taking all of them: the cores this process
+    may use / the torch steps that run at once (the "torch" pool, limited to one in the tracked
+    dagster.yaml), or LEM_TORCH_THREADS."""
+    import yaml
+
+    from lem_pipeline import settings
+    from lem_pipeline.definitions import build_definitions
+    from lem_pipeline.presets import PRESETS
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "dagster_home" / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"]["default_limit"] == settings.TORCH_STEPS_AT_ONCE == 1
+    defs = build_definitions(PRESETS["demo"])
+    torch_assets = {k.to_user_string() for a in defs.assets if a.op.pool == settings.TORCH_POOL for k in a.keys}
+    assert torch_assets == {"crypto_lem_model", "equity_lem_model", "crypto_evaluation", "equity_evaluation",
+                            "equity_lookahead_evaluation"}
+    monkeypatch.delenv(settings.TORCH_THREADS, raising=False)
+    assert settings.thread_budget() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(settings.TORCH_THREADS, "1")
+    assert settings.thread_budget() == 1
+
+
+def test_finding_12_training_progress_shows_epoch_loss_and_eta(monkeypatch):
+    from lem_pipeline import model_training
+
+    clock = iter([100.0, 130.0, 160.0])
+    monkeypatch.setattr(model_training.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    progress = model_training.EpochProgress(5, lines.append)
+    progress(0, {"loss": 0.71234, "val_loss": 0.70111, "lr": 1e-3})
+    progress(1, {"loss": 0.70001, "val_loss": 0.69999, "lr": 1e-3})
+    assert lines == ["epoch 1/5: loss 0.71234, val_loss 0.70111, lr 0.001; 30 s/epoch, at most 120 s left "
+                     "(early stopping may end it sooner)",
+                     "epoch 2/5: loss 0.70001, val_loss 0.69999, lr 0.001; 30 s/epoch, at most 90 s left "
+                     "(early stopping may end it sooner)"]
