@@ -2,9 +2,10 @@
 one-line rule achieves:
 
   - TWAP in volume and TWAP in notional, against the full-horizon VWAP;
-  - a causal early-stop rule: trade TWAP (1/N per bar) through the minimum duration, then finish
-    the whole remainder at bar k as soon as bar k-1's VWAP is below (buy) or above (sell) the
-    average price achieved so far. It decides with bars before k only.
+  - a causal early-stop rule: trade TWAP (1/N per bar); for minimum duration j+1 (head j),
+    finish the whole remainder at the first bar k >= max(j, 1) whose previous bar's VWAP is below
+    (buy) or above (sell) the average price achieved so far. It decides with bars before k only,
+    and bars 0..j are always in its benchmark (the minimum duration).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def twap_baselines(volumes: torch.Tensor, prices: torch.Tensor) -> tuple[torch.T
     return (twap_volume / vwap - 1) * 1e4, (twap_notional / vwap - 1) * 1e4
 
 
-def early_stop_rule(prices: torch.Tensor, n_models: int) -> torch.Tensor:
+def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) -> torch.Tensor:
     """The rule's allocations (B, N, N+1, 4, 2). For model j < N (minimum duration j+1) the
-    rule trades 1/N per bar through bar j, then finishes at bar k > j when the previous bar's
-    VWAP beats the average achieved so far; model N is plain TWAP."""
+    rule trades 1/N per bar and finishes at the first bar k >= max(j, 1) where the previous
+    bar's VWAP beats the average achieved so far; model N is plain TWAP.
+
+    ``peek=True`` decides at k from bar k itself, the bar it trades in: not achievable live; it
+    is the yardstick a training objective must rank above the causal rule."""
     B, N = prices.shape
     out = prices.new_zeros(B, N, n_models, len(OrderKind), len(Target))
     for j in range(n_models):
@@ -39,9 +43,10 @@ def early_stop_rule(prices: torch.Tensor, n_models: int) -> torch.Tensor:
                     a = torch.full_like(done, 1.0 / N)
                     if k == N - 1:
                         a = 1 - done
-                    elif j < N and k > j:
+                    elif j < N and k >= max(j, 1):
                         average = paid / done if target == Target.VOLUME else done / paid
-                        better = sign * (prices[:, k - 1] - average) < 0  # cheaper to buy, dearer to sell
+                        seen = prices[:, k] if peek else prices[:, k - 1]
+                        better = sign * (seen - average) < 0  # cheaper to buy, dearer to sell
                         a = torch.where(better, 1 - done, a)
                     a = torch.minimum(a, 1 - done).clamp(min=0)
                     alloc[:, k] = a

@@ -24,6 +24,10 @@ class LEMConfig:
         cumulative notional where it means their average price; ``"average_price"`` fixes it.
       - ``fused_init="tiled"``: all fused paths start identical as in the reference;
         ``"independent"`` draws each path's weights separately.
+      - ``finish_gate=False``: each step allocates the reference's proposal (at most about 0.225
+        of the order); ``True`` adds a gate per head and path that can take any share of the
+        remainder up to all of it (lem_model.allocation.finish_gate), initialised nearly shut
+        (logit ``gate_bias``).
     """
 
     n_features: int = 7
@@ -41,6 +45,8 @@ class LEMConfig:
     base_curve_norm: Literal["models", "steps"] = "models"
     nto_price_curve: Literal["cumulative_notional", "average_price"] = "cumulative_notional"
     fused_init: Literal["tiled", "independent"] = "tiled"
+    finish_gate: bool = False
+    gate_bias: float = -4.0
 
     def __post_init__(self) -> None:
         if self.n_ahead < 2:

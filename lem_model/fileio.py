@@ -45,7 +45,11 @@ def _umask() -> int:
 
 
 def sweep_stale_temporaries(target: Path) -> list[Path]:
-    """Remove the temporaries beside ``target`` left by writers whose process is gone; return them."""
+    """Remove the temporaries beside ``target`` left by writers whose process is gone; return them.
+
+    A writer killed between the two renames of a directory swap left no ``target`` but the old
+    complete copy aside (``*.old``): that copy is put back first, so the crash leaves the old
+    state, never nothing."""
     target = Path(target)
     prefix = f".{target.name}.{_PID_TAG}"
     removed = []
@@ -53,12 +57,17 @@ def sweep_stale_temporaries(target: Path) -> list[Path]:
         entries = list(target.parent.iterdir())
     except FileNotFoundError:
         return removed
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
+
+    def dead(entry: Path) -> bool:
         pid = entry.name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
+        return entry.name.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid))
+
+    stale = [e for e in entries if dead(e)]
+    olds = sorted((e for e in stale if e.name.endswith(_OLD_SUFFIX)), key=lambda e: e.stat().st_mtime)
+    if olds and not target.exists():
+        os.replace(olds[-1], target)
+        stale.remove(olds[-1])
+    for entry in stale:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -147,6 +156,11 @@ def _swap_in(built: Path, target: Path) -> Path | None:
         if target.exists():
             old = built.with_name(built.name + _OLD_SUFFIX)
             os.replace(target, old)
-        os.replace(built, target)
+        try:
+            os.replace(built, target)
+        except BaseException:
+            if old is not None:  # put the old one back: never leave the target missing
+                os.replace(old, target)
+            raise
         _fsync_path(target.parent)
     return old

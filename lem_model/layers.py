@@ -145,15 +145,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class FusedMLP(nn.Module):
-    """J x 8 independent 3-layer MLPs (one per minimum-duration model and order path), computed
-    as one batched matmul per layer. Input (B, J, F) shared by the 8 paths; output (B, J, 8)
-    in (-1, 1) through softsign."""
+    """J x P independent 3-layer MLPs (one per minimum-duration model and order path), computed
+    as one batched matmul per layer. Input (B, J, F) shared by the paths; output (B, J, P): the
+    8 proposal paths in (-1, 1) through softsign, then ``gate_paths`` raw logits (the finish
+    gate's, lem_model.allocation.finish_gate)."""
 
     PATHS = 8
 
-    def __init__(self, n_models: int, d_in: int, hidden: int, tiled_init: bool = True) -> None:
+    def __init__(self, n_models: int, d_in: int, hidden: int, tiled_init: bool = True, gate_paths: int = 0,
+                 gate_bias: float = 0.0) -> None:
         super().__init__()
-        J, P = n_models, self.PATHS
+        J, P = n_models, self.PATHS + gate_paths
+        self.gate_paths = gate_paths
         self.w1 = nn.Parameter(torch.empty(J, d_in, P, hidden))
         self.b1 = nn.Parameter(torch.zeros(J, 1, P * hidden))
         self.w2 = nn.Parameter(torch.empty(J * P, hidden, hidden))
@@ -169,6 +172,8 @@ class FusedMLP(nn.Module):
                 glorot_uniform_(self.w1, d_in, hidden)
                 glorot_uniform_(self.w2, hidden, hidden)
                 lecun_normal_(self.w3, hidden)
+            if gate_paths:  # start with the gate nearly shut: the base schedule, then learn to open it
+                self.b3.view(J, P)[:, self.PATHS:] = gate_bias
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         J, d_in, P, H = self.w1.shape
@@ -176,5 +181,7 @@ class FusedMLP(nn.Module):
         x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H))  # (J, B, P*H)
         x = F.relu(x).view(J, B, P, H).permute(0, 2, 1, 3).reshape(J * P, B, H)
         x = F.relu(torch.baddbmm(self.b2, x, self.w2))  # (J*P, B, H)
-        x = torch.baddbmm(self.b3, x, self.w3)  # (J*P, B, 1)
-        return F.softsign(x.view(J, P, B).permute(2, 0, 1))  # (B, J, P)
+        x = torch.baddbmm(self.b3, x, self.w3).view(J, P, B).permute(2, 0, 1)  # (B, J, P)
+        if not self.gate_paths:
+            return F.softsign(x)
+        return torch.cat([F.softsign(x[..., : self.PATHS]), x[..., self.PATHS :]], dim=-1)

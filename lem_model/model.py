@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lem_model.allocation import allocate_step
+from lem_model.allocation import allocate_step, finish_gate
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
 from lem_model.tkan import TKAN
@@ -32,8 +32,10 @@ class LargeExecutionModel(nn.Module):
         # Execution head: step s sees the context row, that row's inputs, 4 histories of 4 kinds
         # for each earlier step and 2 market curves: F_s = H + D + 18 s.
         tiled = cfg.fused_init == "tiled"
+        gates = 2 * N_KINDS if cfg.finish_gate else 0  # one finish gate per kind and target
         self.allocators = nn.ModuleList(
-            [FusedMLP(J, H + D + 18 * s, cfg.fused_hidden, tiled_init=tiled) for s in range(N - 1)])
+            [FusedMLP(J, H + D + 18 * s, cfg.fused_hidden, tiled_init=tiled, gate_paths=gates, gate_bias=cfg.gate_bias)
+             for s in range(N - 1)])
         self.scale_factor = nn.Parameter(torch.ones(J))
         # Base curves (step, model, [VWAP, TWAP]); row N-1 is never used, as in the reference.
         self.base_volume_curve = nn.Parameter(torch.full((N, J, 2), 1.0 / N))
@@ -103,11 +105,15 @@ class LargeExecutionModel(nn.Module):
                 market = torch.cat([market_vwap[:, :s], market_twap[:, :s]], dim=-1)  # (B, 2s)
                 parts.append(market[:, None].expand(B, J, 2 * s))
             z = torch.cat(parts, dim=-1)  # (B, J, H + D + 18 s)
-            g = (1 + self.allocators[s](z)) ** gamma  # (B, J, 8)
+            out = self.allocators[s](z)  # (B, J, 8 [+ 8 gate logits])
+            g = (1 + out[..., : 2 * N_KINDS]) ** gamma  # (B, J, 8)
             raw_v = g[..., :N_KINDS] * self.base_volume_curve[s][:, kinds]
             raw_n = g[..., N_KINDS:] * self.base_notional_curve[s][:, kinds]
             a_v = allocate_step(raw_v, done_v, r_min, r_max, N - s, cfg.soft_clip_scale)
             a_n = allocate_step(raw_n, done_n, r_min, r_max, N - s, cfg.soft_clip_scale)
+            if cfg.finish_gate:
+                a_v = finish_gate(a_v, out[..., 2 * N_KINDS : 3 * N_KINDS], done_v, r_max)
+                a_n = finish_gate(a_n, out[..., 3 * N_KINDS :], done_n, r_max)
             done_v = done_v + a_v
             done_n = done_n + a_n
             steps.append(torch.stack([a_v, a_n], dim=-1))

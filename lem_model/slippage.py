@@ -44,17 +44,34 @@ def remaining(alloc: torch.Tensor) -> torch.Tensor:
     return torch.flip(torch.cumsum(torch.flip(alloc, [1]), 1), [1])
 
 
+def straight_through_mask(c: torch.Tensor, tau: float) -> torch.Tensor:
+    """Exactly the tables' mask C > 0 in the forward pass (0 once the order is complete), with
+    the gradient of C / (C + tau) in the backward pass. That surrogate's slope tau / (C + tau)^2
+    never underflows, unlike sigmoid(50 C), which is exactly 1.0 in float32 for C > 0.35 and so
+    gives every early minimum-duration head the same (zero) gradient through the mask."""
+    hard = (c > 0).to(c.dtype)
+    surrogate = c / (c + tau)
+    return hard + (surrogate - surrogate.detach())
+
+
 def percent_difference(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, *,
-                       soft_alpha: float | None, bench_eps_numerator: bool) -> torch.Tensor:
+                       soft_alpha: float | None, bench_eps_numerator: bool,
+                       straight_through_tau: float | None = None) -> torch.Tensor:
     """Dif (B, J, 4, 2) = (achieved / benchmark - 1) * 100 over the bars each order executes on.
 
-    ``soft_alpha`` given: the loss's differentiable mask sigmoid(alpha * C) (0.5 after completion,
-    as the reference). None: the metrics' hard mask C > 0.
+    The mask of the bars an order executes on: with ``soft_alpha``, the reference loss's
+    sigmoid(alpha * C) (0.5 after completion); with ``straight_through_tau``, the aligned
+    objective's :func:`straight_through_mask`; with neither, the metrics' hard mask C > 0.
     """
     J = alloc.shape[2]
     forced = forced_mask(volumes, J).unsqueeze(-1)  # (B, N, J, 4, 1)
     c = remaining(alloc)
-    executing = torch.sigmoid(soft_alpha * c) if soft_alpha is not None else (c > 0).to(alloc.dtype)
+    if soft_alpha is not None:
+        executing = torch.sigmoid(soft_alpha * c)
+    elif straight_through_tau is not None:
+        executing = straight_through_mask(c, straight_through_tau)
+    else:
+        executing = (c > 0).to(alloc.dtype)
     mask = forced + (1 - forced) * executing  # (B, N, J, 4, 2)
     p = prices.view(*prices.shape, 1, 1)  # (B, N, 1, 1)
     v = kind_volumes(volumes)  # (B, N, 1, 4)

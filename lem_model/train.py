@@ -18,15 +18,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
 from lem_model.devices import autocast, resolve_device
-from lem_model.loss import lem_loss
+from lem_model.loss import aligned_loss, lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics
 from lem_model.model import LargeExecutionModel
 from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
@@ -44,7 +45,14 @@ class TrainConfig:
     seed: int = 0
     min_rate: float | None = None  # None: 1 / N^2, as the paper
     max_rate: float = 1.0
-    loss_alpha: float = 50.0
+    loss_alpha: float = 50.0  # the reference objective's soft-mask sharpness
+    # "reference": lem_loss, as the paper; "aligned": aligned_loss, scored as the tables score
+    # (docs/DESIGN.md). Training, early stopping and the LR plateau all watch this objective.
+    objective: Literal["reference", "aligned"] = "reference"
+    completion_tau: float = 0.05  # the aligned objective's straight-through surrogate, C / (C + tau)
+    # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
+    # them. Lets a CPU budget see many windows' variety in a few short epochs.
+    samples_per_epoch: int | None = None
     device: str = "auto"  # "auto": CUDA when available
     compile_recurrence: bool = False
     progress: bool = True
@@ -127,6 +135,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The loss the config trains and selects on."""
+    if cfg.objective == "aligned":
+        return aligned_loss(alloc, volumes, prices, cfg.completion_tau)
+    return lem_loss(alloc, volumes, prices, cfg.loss_alpha)
+
+
 def rates(batch: int, n_ahead: int, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     lo = cfg.min_rate if cfg.min_rate is not None else 1.0 / n_ahead**2
     return torch.full((batch,), lo, device=device), torch.full((batch,), cfg.max_rate, device=device)
@@ -138,11 +153,17 @@ def unwrap(model: torch.nn.Module) -> LargeExecutionModel:
 
 
 def _train_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, dist_info: _Dist) -> DataLoader:
+    # The order (and the draw, with samples_per_epoch) depends on (seed, epoch) only, so a
+    # resumed run sees the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    n = len(train_set)
+    k = min(cfg.samples_per_epoch or n, n)
     if dist_info.world > 1:
-        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+        data = train_set if k == n else Subset(train_set, torch.randperm(n, generator=generator)[:k].tolist())
+        sampler = DistributedSampler(data, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
-    else:  # the order depends on (seed, epoch) only, so a resumed run sees the same batches
-        sampler = RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler)
+    sampler = RandomSampler(train_set, num_samples=k, generator=generator)
     return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
 
 
@@ -160,7 +181,7 @@ def train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
         lo, hi = rates(len(x), n_ahead, cfg, device)
         with autocast(device):
             alloc = net(x, lo, hi)
-        loss = lem_loss(alloc.float(), vol, px, cfg.loss_alpha)
+        loss = objective(alloc.float(), vol, px, cfg)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b}; training stopped. "
@@ -181,7 +202,8 @@ def train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim
 
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
                   dist_info: _Dist) -> dict[str, float]:
-    """Validation loss and the reference metrics, batch means weighted by batch size (as Keras)."""
+    """Validation loss (the training objective) and the reference metrics, batch means weighted
+    by batch size (as Keras)."""
     model.eval()
     n_ahead = unwrap(model).cfg.n_ahead
     totals = torch.zeros(1 + len(METRIC_NAMES), dtype=torch.float64)
@@ -193,7 +215,7 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
             with autocast(device):
                 alloc = model(x, lo, hi)
             alloc = alloc.float()
-            loss = lem_loss(alloc, vol, px, cfg.loss_alpha).item()
+            loss = objective(alloc, vol, px, cfg).item()
             m = execution_metrics(alloc.double(), vol.double(), px.double())
             totals += len(x) * torch.tensor([loss, *[m[k] for k in METRIC_NAMES]], dtype=torch.float64)
             count += len(x)
@@ -250,10 +272,11 @@ def train(
         result.history = saved["history"]
         set_rng_state(saved["rng"])
         first_epoch = saved["epoch"] + 1
-        result.resumed_from_epoch = first_epoch
         if stopper.should_stop:  # it had finished: stopped early after its last saved epoch
             result.stopped_early = True
             first_epoch = cfg.epochs
+        elif first_epoch < cfg.epochs:
+            result.resumed_from_epoch = first_epoch
     net: torch.nn.Module = model
     if dist_info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

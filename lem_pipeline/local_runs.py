@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from tqdm import tqdm
 
-from lem_pipeline.run_health import process_tags
+from lem_pipeline.run_health import host_tags
 
 
 @dataclass
@@ -38,7 +38,7 @@ def run_partitions(defs: dg.Definitions, job_name: str, instance: dg.DagsterInst
     for key in bar:
         bar.set_postfix_str(key or "")
         result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                        tags=process_tags(),  # lets the next `lem run` see if this one died
+                                        tags=host_tags(),  # with Dagster's pid event: lets the next `lem run` see if this one died
                                         run_config={**(run_config or {}),
                                                     "loggers": {"console": {"config": {"log_level": log_level}}}})
         if result.success:

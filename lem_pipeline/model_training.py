@@ -29,11 +29,13 @@ from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.presets import Preset
 from lem_pipeline.registry import registered_name
+from lem_pipeline.run_health import MLFLOW_PID_TAG, mlflow_run_alive
 from lem_pipeline.trained_model import MLFLOW_ARTIFACT, save_trained
 from lem_pipeline.tracking import MLflowTracking, git_commit
 from lem_pipeline.windows import read_index, read_meta, windows_digest
 
 RUN_FILE = "mlflow_run_id"  # in a training state directory: the MLflow run those epochs belong to
+RESUMED_TAG = "lem.resumed_at_epoch"  # on a run that resumed: the first epoch (from 1) it trained after the crash
 # Training progress for a person at a terminal: `lem run` prints this logger (the Dagster run log
 # gets the same lines through the asset's context.log).
 PROGRESS = logging.getLogger("lem.progress")
@@ -79,13 +81,23 @@ def training_key(model: LargeExecutionModel, train_cfg: TrainConfig, windows_dir
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class TrainingInProgressError(RuntimeError):
+    """Another live process is running this very training (same key): two must not share it."""
+
+
 def _resumable_run(state_dir: Path, tracking: MLflowTracking) -> str | None:
     """The MLflow run of an interrupted training with saved epochs in ``state_dir``, if any."""
     run_file = state_dir / RUN_FILE
     if not ((state_dir / TRAINING_STATE).is_file() and run_file.is_file()):
         return None
     run_id = run_file.read_text().strip()
-    return run_id if tracking.has_run(run_id) else None
+    if not tracking.has_run(run_id):
+        return None
+    tags = tracking.run_tags(run_id)
+    if tags.get(MLFLOW_PID_TAG) and tracking.run_status(run_id) == "RUNNING" and mlflow_run_alive(tags):
+        raise TrainingInProgressError(f"{state_dir}: MLflow run {run_id} is training this model on these windows "
+                                      f"now (pid {tags[MLFLOW_PID_TAG]}); wait for it or stop it")
+    return run_id
 
 
 class EpochProgress:
@@ -131,6 +143,7 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
     """
     train_set, val_set = windows_splits(windows_dir)
     meta = train_set.meta
+    tracking.fail_dead_runs([experiment])  # a killed run of this experiment is FAILED, not RUNNING
     resume_id = _resumable_run(state_dir, tracking)
     with tracked_training(tracking, experiment, model, train_cfg, meta, tags=tags, run_name=run_name,
                           params=params, resume_run_id=resume_id) as run:
@@ -152,14 +165,14 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
             failpoint("epoch")
 
         result = train(model, train_set, val_set, train_cfg, state_dir, resume=True, on_epoch_end=on_epoch_end)
-        if result.resumed_from_epoch is not None:
+        if result.resumed_from_epoch is not None:  # epochs counted from 1 for people, everywhere
             log(f"resumed at epoch {result.resumed_from_epoch + 1} (the epochs before came from {state_dir})")
-            mlflow.set_tag("lem.resumed_from_epoch", str(result.resumed_from_epoch))
+            mlflow.set_tag(RESUMED_TAG, str(result.resumed_from_epoch + 1))
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
         model.cpu()
         save_trained(model, windows_dir, out, run.info.run_id)
-        model_uri, version = log_model(model, train_set, registered)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`
+        model_uri, version = log_model(model, train_set, registered)
     shutil.rmtree(state_dir, ignore_errors=True)  # the run succeeded: its resumable state is done with
     return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result, model.num_parameters(),
                         version)
@@ -172,7 +185,7 @@ def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: 
     same windows that was killed resumes from its last epoch."""
     torch.set_num_threads(settings.thread_budget())
     windows = lake.windows_dir(dataset)
-    model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal)
+    model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal, **preset.model_switches)
     tags = {"dagster.run_id": run_id, "dagster.asset_key": asset_key, "preset": preset.name, "lem.stage": "training"}
 
     def log_both(message: str) -> None:
@@ -190,8 +203,8 @@ def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: 
 def log_model(model: LargeExecutionModel, data: WindowDataset, registered: str) -> tuple[str, str]:
     """The model at the paper's rate limits as an MLflow PyTorch model (pickle: the forward has
     Python loops), registered as a new version of ``registered``. Returns the URI to load it from
-    and "name/version"; if the exporter fails, the saved-model artifact (which the caller logs
-    in every case) is what gets registered."""
+    and "name/version"; if the exporter fails, the saved-model artifact (which the caller has
+    logged already) is what gets registered."""
     x, _, _ = data[0]
     example = x.unsqueeze(0).numpy()
     run_id = mlflow.active_run().info.run_id
@@ -203,6 +216,9 @@ def log_model(model: LargeExecutionModel, data: WindowDataset, registered: str) 
         return info.model_uri, f"{registered}/{info.registered_model_version}"
     except Exception as e:  # noqa: BLE001 - any exporter failure falls back to the saved model
         mlflow.log_text(f"mlflow.pytorch.log_model failed: {e!r}", "model_export_error.txt")
-        uri = f"runs:/{run_id}/{MLFLOW_ARTIFACT}"
-        version = mlflow.register_model(uri, registered)
-        return uri, f"{registered}/{version.version}"
+        client = mlflow.MlflowClient()
+        if not client.search_registered_models(f"name = '{registered}'"):
+            client.create_registered_model(registered)
+        source = f"{mlflow.active_run().info.artifact_uri}/{MLFLOW_ARTIFACT}"
+        version = client.create_model_version(registered, source, run_id=run_id)
+        return f"runs:/{run_id}/{MLFLOW_ARTIFACT}", f"{registered}/{version.version}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 from lem_model.config import PAPER_SIZE, SMALL_SIZE, ModelSize
 from lem_model.train import TrainConfig
@@ -45,6 +46,15 @@ class Preset:
     equity_windows: WindowConfig = WindowConfig(seasonality="daily")
     model: ModelSize = PAPER_SIZE
     training: TrainConfig = PAPER_TRAINING
+    # The allocator: the reference's (False, "tiled") or the finish gate with independently drawn
+    # heads (issue 11; lem_model.config.LEMConfig).
+    finish_gate: bool = False
+    fused_init: Literal["tiled", "independent"] = "tiled"
+
+    @property
+    def model_switches(self) -> dict:
+        """The LEMConfig switches this preset trains with (besides ``causal``, a run setting)."""
+        return {"finish_gate": self.finish_gate, "fused_init": self.fused_init}
 
     def stream(self, symbol: str) -> KlineStream:
         for s in self.streams:
@@ -77,14 +87,34 @@ PRESETS: dict[str, Preset] = {
             crypto_windows=WindowConfig(seasonality="intraday", stride=12, test_stride=4, val_start=date(2021, 5, 1),
                                         test_start=date(2021, 8, 1)),
             equity_windows=WindowConfig(seasonality="daily", stride=2),
-            # CPU-sized: the small reference model, a larger learning rate and a few epochs.
+            # CPU-sized: the small reference model, a larger learning rate and a few epochs; the
+            # aligned objective and the finish gate (issue 11).
             model=SMALL_SIZE,
-            training=TrainConfig(epochs=3, batch_size=128, lr=1e-3),
+            training=TrainConfig(epochs=3, batch_size=128, lr=1e-3, objective="aligned"),
+            finish_gate=True,
+            fused_init="independent",
+        ),
+        Preset(
+            name="dow30_cpu",
+            description="The paper's 30 Dow stocks with its splits (validation from 2017, test from 2020), stride 1, "
+                        "a small model with the aligned objective and the finish gate, sized to train on a 2-core CPU.",
+            streams=(),
+            crypto_first_month=date(2017, 8, 1),
+            crypto_last_month=date(2017, 8, 1),
+            tickers=DOW_30,
+            equity_start=date(2000, 1, 3),
+            equity_end=date(2024, 12, 31),
+            equity_windows=WindowConfig(seasonality="daily", stride=1, val_start=date(2017, 1, 1),
+                                        test_start=date(2020, 1, 1)),
+            model=SMALL_SIZE,
+            training=TrainConfig(epochs=6, batch_size=128, lr=1e-3, objective="aligned", samples_per_epoch=32_768),
+            finish_gate=True,
+            fused_init="independent",
         ),
         Preset(
             name="smoke",
             description="Three stocks of the repository's fixture set (AAPL, KO, MSFT), a small model and two "
-                        "epochs: the whole graph in about a minute, for crash-recovery checks and a first look.",
+                        "epochs: the whole graph in about half a minute, for crash-recovery checks and a first look.",
             streams=(),
             crypto_first_month=date(2021, 1, 1),
             crypto_last_month=date(2021, 1, 1),

@@ -3,9 +3,11 @@
 A Dagster run or an MLflow run is only as alive as the process that executes it. After a kill
 -9 (or a power cut) both keep saying "in progress" forever, and with ``max_concurrent_runs: 1``
 one stuck Dagster run starves every schedule, sensor and UI launch. Every run we start records
-its process (pid and host: the ``lem/pid`` run tag for ``lem run``'s in-process runs, Dagster's
-own "Started process for run (pid: N)" event for launched ones, the ``lem.pid`` tag on MLflow
-runs), and two callers use the same check:
+its process: Dagster records the pid of every run's worker in an engine event (in process or
+launched), ``lem run`` adds the host as the ``lem/host`` tag, and MLflow runs opened through
+lem_pipeline.tracking carry ``lem.pid``, ``lem.pid_started`` and ``lem.host``. A pid counts as
+the run's only if that process started no later than the run (Dagster) or exactly when recorded
+(MLflow): a pid reused after a reboot is not the run's worker. Two callers use the check:
 
 - Dagster's run monitoring daemon, through :class:`LocalRunLauncher` (``dagster_home/dagster.yaml``
   turns it on): the stock launcher cannot tell whether its worker lives, ours can.
@@ -20,29 +22,36 @@ from collections.abc import Iterable
 import dagster as dg
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
-from lem_model.processes import pid_alive
+from lem_model.processes import process_alive, started_at
 
-PID_TAG = "lem/pid"
 HOST_TAG = "lem/host"
 MLFLOW_PID_TAG = "lem.pid"
+MLFLOW_STARTED_TAG = "lem.pid_started"
 MLFLOW_HOST_TAG = "lem.host"
 _IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
 
-def process_tags(pid_tag: str = PID_TAG, host_tag: str = HOST_TAG) -> dict[str, str]:
-    """Tags naming this process, for a run it is about to execute."""
-    return {pid_tag: str(os.getpid()), host_tag: socket.gethostname()}
+def host_tags() -> dict[str, str]:
+    """The Dagster run tag naming this host, for the runs this process executes."""
+    return {HOST_TAG: socket.gethostname()}
+
+
+def mlflow_process_tags() -> dict[str, str]:
+    """MLflow run tags naming this process (pid, its start time, host)."""
+    pid = os.getpid()
+    return {MLFLOW_PID_TAG: str(pid), MLFLOW_STARTED_TAG: str(started_at(pid) or ""), MLFLOW_HOST_TAG: socket.gethostname()}
 
 
 def _worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
-    """The run's process on this host, or None when it is unknown or on another host."""
-    if run.tags.get(PID_TAG):
-        return int(run.tags[PID_TAG]) if run.tags.get(HOST_TAG) == socket.gethostname() else None
+    """The pid of the run's worker, from Dagster's own engine event (a re-executed run copies
+    its parent's tags, never its events), or None when unknown or on another host."""
+    if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
+        return None
     for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         data = record.dagster_event.engine_event_data if record.dagster_event else None
         pid = data.metadata.get("pid") if data is not None else None
         if pid is not None:
-            return int(pid.value)  # the launcher's worker is a child of a code server on this host
+            return int(pid.value)
     return None
 
 
@@ -50,7 +59,9 @@ def worker_status(instance: dg.DagsterInstance, run: dg.DagsterRun) -> WorkerSta
     pid = _worker_pid(instance, run)
     if pid is None:
         return WorkerStatus.UNKNOWN
-    return WorkerStatus.RUNNING if pid_alive(pid) else WorkerStatus.NOT_FOUND
+    record = instance.get_run_record_by_id(run.run_id)
+    began = record.start_time if record is not None else None
+    return WorkerStatus.RUNNING if process_alive(pid, started_before=began) else WorkerStatus.NOT_FOUND
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -79,10 +90,16 @@ def fail_dead_mlflow_runs(tracking_uri: str, experiments: Iterable[str]) -> list
     failed = []
     for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
-        if tags.get(MLFLOW_HOST_TAG) == host and tags.get(MLFLOW_PID_TAG) and not pid_alive(int(tags[MLFLOW_PID_TAG])):
+        if tags.get(MLFLOW_HOST_TAG) == host and tags.get(MLFLOW_PID_TAG) and not mlflow_run_alive(tags):
             client.set_terminated(run.info.run_id, status="FAILED")
             failed.append(run.info.run_id)
     return failed
+
+
+def mlflow_run_alive(tags: dict[str, str]) -> bool:
+    """Whether the process recorded in an MLflow run's tags is still running it."""
+    started = tags.get(MLFLOW_STARTED_TAG)
+    return process_alive(int(tags[MLFLOW_PID_TAG]), started=float(started) if started else None)
 
 
 class LocalRunLauncher(DefaultRunLauncher):

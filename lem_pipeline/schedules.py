@@ -25,6 +25,7 @@ REFRESH_CRON = "0 6 2 * *"  # 06:00 UTC on the 2nd of each month
 INGEST_JOBS = ("crypto_ingest_job", "equity_ingest_job")
 KLINES = dg.AssetKey("binance_klines")
 PATH_METADATA = "path"  # the metadata entry of an ingest materialisation that names its Parquet
+LISTED_METADATA = "listed"  # binance_klines: whether the source had the month at all
 
 
 def run_key(kind: str, partition: str, at: datetime) -> str:
@@ -39,32 +40,39 @@ def closed_month(at: datetime) -> date:
     return date(first.year - (first.month == 1), (first.month - 2) % 12 + 1, 1)
 
 
-def partitions_missing_their_file(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> set[str]:
-    """Partitions whose latest materialisation names a file (``path`` metadata) that is not on
-    disk: they count as materialised for Dagster but hold nothing."""
+def partitions_to_ask_again(instance: dg.DagsterInstance, asset_key: dg.AssetKey, recent: set[str]) -> set[str]:
+    """Partitions that count as materialised for Dagster but hold nothing: the latest
+    materialisation names a file (``path`` metadata) that is not on disk, or, for the ``recent``
+    months only, the source did not list the month yet (Binance publishes a month's archive some
+    days into the next; an older unlisted month is one the symbol did not trade)."""
     latest = instance.get_latest_storage_id_by_partition(asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION)
     if not latest:
         return set()
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())), limit=len(latest)).records
-    missing = set()
+    again = set()
     for record in records:
-        path = record.asset_materialization.metadata.get(PATH_METADATA)
+        meta = record.asset_materialization.metadata
+        path, listed = meta.get(PATH_METADATA), meta.get(LISTED_METADATA)
         if path is not None and not Path(str(path.value)).exists():
-            missing.add(record.partition_key)
-    return missing
+            again.add(record.partition_key)
+        elif listed is not None and listed.value is False and record.partition_key.split("|")[0] in recent:
+            again.add(record.partition_key)
+    return again
 
 
 def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) -> list[dg.RunRequest]:
-    """The closed month's partitions not materialised, then every partition of the preset whose
-    materialisation names a missing file."""
+    """The closed month's partitions not materialised, then every partition of the preset that
+    holds nothing (:func:`partitions_to_ask_again`; the last two closed months count as recent)."""
     parts = klines_partitions(preset)
     valid = set(parts.get_partition_keys(current_time=at))
     month = closed_month(at)
     new = [str(dg.MultiPartitionKey({"symbol": s.symbol, "month": month.strftime("%Y-%m-%d")})) for s in preset.streams]
     done = instance.get_materialized_partitions(KLINES)
     wanted = [k for k in new if k in valid and k not in done]
-    wanted += sorted(k for k in partitions_missing_their_file(instance, KLINES) if k in valid and k not in wanted)
+    before = closed_month(datetime.combine(month, datetime.min.time(), timezone.utc))
+    recent = {m.strftime("%Y-%m-%d") for m in (month, before)}
+    wanted += sorted(k for k in partitions_to_ask_again(instance, KLINES, recent) if k in valid and k not in wanted)
     return [dg.RunRequest(run_key=run_key("klines", k, at), partition_key=k, tags={REFRESH_TAG: month.strftime("%Y-%m")})
             for k in wanted]
 

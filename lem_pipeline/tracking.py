@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from lem_pipeline import settings
-from lem_pipeline.run_health import MLFLOW_HOST_TAG, MLFLOW_PID_TAG, fail_dead_mlflow_runs, process_tags
+from lem_pipeline.run_health import fail_dead_mlflow_runs, mlflow_process_tags
 
 
 def git_commit() -> str:
@@ -53,7 +53,7 @@ class MLflowTracking(dg.ConfigurableResource):
         the run FAILED instead of leaving it RUNNING; if the block raises, it ends FAILED."""
         mlflow = self._mlflow()
         exp_id = self.experiment_id(experiment)
-        process = process_tags(MLFLOW_PID_TAG, MLFLOW_HOST_TAG)
+        process = mlflow_process_tags()
         with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
                               tags={**(tags or {}), **process}) as active:
             yield active
@@ -70,6 +70,12 @@ class MLflowTracking(dg.ConfigurableResource):
             return True
         except MlflowException:
             return False
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return self._mlflow().get_run(run_id).data.tags
+
+    def run_status(self, run_id: str) -> str:
+        return self._mlflow().get_run(run_id).info.status
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"

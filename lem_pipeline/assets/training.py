@@ -49,7 +49,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
         "parameters": trained.parameters, "history": dg.MetadataValue.md(markdown(history)),
         "model_dir": dg.MetadataValue.path(str(trained.model_dir)),
         "registered_model": trained.registered,
-        "resumed_from_epoch": -1 if result.resumed_from_epoch is None else result.resumed_from_epoch + 1,
+        "resumed_at_epoch": 0 if result.resumed_from_epoch is None else result.resumed_from_epoch + 1,  # 0: not resumed
     })
 
 

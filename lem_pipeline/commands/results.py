@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from lem_model.evaluate import SIDES, EvalArrays, headline, main_table
+from lem_model.fileio import atomic_write_text
 from lem_model.vocabulary import Target
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
@@ -123,7 +124,7 @@ def generate(local, lake: DataLake, out: Path) -> None:
         parts += _crypto_section(lake, instance, preset)
     if equity is not None:
         parts += _lookahead_section(lake, instance, equity)
-    out.write_text("\n".join(parts))
+    atomic_write_text(out, "\n".join(parts))
 
 
 def results(args: argparse.Namespace) -> int:

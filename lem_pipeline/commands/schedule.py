@@ -19,9 +19,10 @@ from pathlib import Path
 from lem_pipeline.errors import UserError
 
 MATCH = "match"  # --min-duration: match the benchmark over the whole horizon
-# What loading a damaged model directory raises (bad JSON, a truncated or foreign model.pt,
-# weights of another shape): the user's file is wrong, not the code.
-_CORRUPT_MODEL = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError)
+# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a truncated
+# or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
+# weights of another shape: RuntimeError): the user's file is wrong, not the code.
+_CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
 _MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
 

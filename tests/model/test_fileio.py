@@ -115,3 +115,49 @@ def test_finding_12c_files_and_dirs_get_the_umask_mode_not_0600(tmp_path, umask)
         os.umask(previous)
     assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
+
+
+_KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import lem_model.fileio as fileio
+real = os.replace
+def replace(src, dst):
+    real(src, dst)
+    if str(src) == sys.argv[1]:  # the old directory is aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+fileio.os.replace = replace
+with fileio.replaced_dir(Path(sys.argv[1])) as d:
+    (d / "part").write_text("new")
+"""
+
+
+def test_finding_12_a_kill_between_the_two_renames_of_a_swap_leaves_the_old_directory(tmp_path):
+    target = tmp_path / "windows"
+    with replaced_dir(target) as d:
+        (d / "part").write_text("old")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(target)], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not target.exists()  # the crash window: the old copy aside, the new build beside it
+    from lem_model.fileio import sweep_stale_temporaries
+
+    sweep_stale_temporaries(target)  # what the next write does first
+    assert (target / "part").read_text() == "old"
+    assert [n for n in _beside(target) if not n.endswith(".lock")] == []
+
+
+def test_finding_12d_a_file_is_fsynced_before_its_rename_and_the_directory_after(tmp_path, monkeypatch):
+    import lem_model.fileio as fileio
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: (events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}"),
+                                                       real_fsync(fd))[1])
+    monkeypatch.setattr(fileio.os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"),
+                                                            real_replace(a, b))[1])
+    target = tmp_path / "table.parquet"
+    atomic_write_text(target, "rows")
+    tmp = events[0].split(" ", 1)[1]
+    assert Path(tmp).name.startswith(".table.parquet.pid") and events[1:] == ["replace table.parquet",
+                                                                              f"fsync {tmp_path}"]

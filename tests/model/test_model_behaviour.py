@@ -28,6 +28,9 @@ def scrambled(cfg: LEMConfig, seed: int) -> LargeExecutionModel:
         model.base_volume_curve.uniform_(0, 2)
         model.base_notional_curve.uniform_(0, 2)
         model.scale_factor.uniform_(0.5, 1.5)
+        if cfg.finish_gate:  # some gates open, some shut
+            for mlp in model.allocators:
+                mlp.b3.view(cfg.n_models, -1)[:, mlp.PATHS:].uniform_(-3, 3)
     model.project_constraints()
     return model.eval()
 
@@ -40,10 +43,14 @@ def inputs(cfg: LEMConfig, batch: int, seed: int) -> torch.Tensor:
     return x
 
 
+GATES = pytest.mark.parametrize("gate", [False, True], ids=["reference-allocator", "finish-gate"])
+
+
+@GATES
 @pytest.mark.parametrize("seed", range(12))
-def test_allocations_are_feasible_and_respect_the_minimum_rate(seed):
+def test_allocations_are_feasible_and_respect_the_minimum_rate(seed, gate):
     g = torch.Generator().manual_seed(1000 + seed)
-    cfg = dataclasses.replace(TINY, n_ahead=int(torch.randint(2, 9, (1,), generator=g)))
+    cfg = dataclasses.replace(TINY, n_ahead=int(torch.randint(2, 9, (1,), generator=g)), finish_gate=gate)
     model = scrambled(cfg, seed)
     B, N = 16, cfg.n_ahead
     min_rate = torch.rand(B, generator=g) / N  # feasible: N * min_rate <= 1
@@ -58,9 +65,10 @@ def test_allocations_are_feasible_and_respect_the_minimum_rate(seed):
     assert (alloc[:, :-1] >= floor[:, :-1] - 1e-6).all()
 
 
+@GATES
 @pytest.mark.parametrize("causal", [True, False])
-def test_step_k_reads_only_earlier_bars(causal):
-    cfg = dataclasses.replace(TINY, causal=causal)
+def test_step_k_reads_only_earlier_bars(causal, gate):
+    cfg = dataclasses.replace(TINY, causal=causal, finish_gate=gate)
     model = scrambled(cfg, 7)
     L, N = cfg.lookback, cfg.n_ahead
     x = inputs(cfg, 4, 3)
@@ -80,8 +88,9 @@ def test_step_k_reads_only_earlier_bars(causal):
         assert changed_any  # the reference alignment reads the bar it trades: the test can fail
 
 
-def test_live_policy_reproduces_the_batch_forward():
-    cfg = TINY
+@GATES
+def test_live_policy_reproduces_the_batch_forward(gate):
+    cfg = dataclasses.replace(TINY, finish_gate=gate)
     model = scrambled(cfg, 11)
     x = inputs(cfg, 1, 5)
     L, N = cfg.lookback, cfg.n_ahead

@@ -374,3 +374,37 @@ def test_finding_09_refused_connections_give_up_on_the_host_for_every_later_part
     assert all(f"gave up on host 127.0.0.1:{port} after 3 consecutive connection failures" in m for m in messages)
     assert all("Connection refused" in m or "Max retries" in m for m in messages)
     assert timings[0] < 3.0 and sum(timings[1:]) < 3.0 and max(timings[1:]) < 0.1
+
+
+_FETCHER = """
+import sys
+from lem_pipeline.sources.binance import BinanceDataVision
+BinanceDataVision(sys.argv[1], sys.argv[2]).fetch(sys.argv[3])
+"""
+
+
+def test_finding_12_kill_9_mid_download_leaves_no_archive_and_the_next_fetch_completes(mirror, tmp_path):
+    """A process killed -9 while the body is in flight leaves only its pid-tagged temporary; the
+    next fetch downloads the verified archive and sweeps that temporary."""
+    stream = KlineStream("ALGOUSDT", "um", "1m")
+    rel = stream.monthly_path(date(2024, 2, 1))
+    mirror.stall_seconds = 30.0
+    mirror.faults[f"/{rel}"] = ["stall"]
+    cache = tmp_path / "cache"
+    child = subprocess.Popen([sys.executable, "-c", _FETCHER, mirror.url, str(cache), rel], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while f"/{rel}" not in mirror.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"/{rel}" in mirror.requests
+        child.kill()  # SIGKILL, mid-request
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    final = cache / rel
+    leftovers = [p.name for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.pid{child.pid}.")]
+    assert not final.exists() and len(leftovers) == 1
+    result = BinanceDataVision(mirror.url, cache).fetch(rel)
+    assert result.status == "downloaded" and final.read_bytes() == (BINANCE_MIRROR / rel).read_bytes()
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(f".{final.name}.pid")]

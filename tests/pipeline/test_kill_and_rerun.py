@@ -112,7 +112,7 @@ def test_kill_9_at_four_points_then_lem_run_completes_with_the_same_outputs(depl
     exp = client.get_experiment_by_name("lem-equity")
     statuses = [r.info.status for r in client.search_runs([exp.experiment_id])]
     assert "RUNNING" not in statuses and statuses.count("FINISHED") >= 2
-    resumed = client.search_runs([exp.experiment_id], "tags.`lem.resumed_from_epoch` = '1'")
+    resumed = client.search_runs([exp.experiment_id], "tags.`lem.resumed_at_epoch` = '2'")
     assert len(resumed) == 1
 
 

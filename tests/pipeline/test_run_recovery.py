@@ -8,22 +8,25 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import mlflow
 import pytest
 import torch
+from dagster._core.events import EngineEventData
 from dagster._core.launcher import WorkerStatus
 from dagster._core.test_utils import create_run_for_test
 
 from lem_model import LargeExecutionModel, LEMConfig
+from lem_model.processes import process_alive
 from lem_model.train import TrainConfig, seed_everything, train
 from lem_model.training_state import TRAINING_STATE, TrainingStateError, load_training_state
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline.model_evaluation import evaluate_on_test
 from lem_pipeline.model_training import RUN_FILE, train_on_windows
-from lem_pipeline.run_health import HOST_TAG, PID_TAG, fail_dead_runs, process_tags
+from lem_pipeline.run_health import fail_dead_runs, host_tags, worker_status
 from lem_pipeline.trained_model import LINEAGE, LineageError, save_trained
 from lem_pipeline.tracking import MLflowTracking
 
@@ -42,12 +45,20 @@ def small_model(windows: Path) -> LargeExecutionModel:
                                          num_heads=2, fused_hidden=8))
 
 
+def started_run(instance: dg.DagsterInstance, pid: int, tags: dict[str, str] | None = None) -> dg.DagsterRun:
+    """A STARTED run whose worker Dagster recorded as ``pid`` (the engine event every run has)."""
+    run = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTING, tags=tags or {})
+    instance.report_engine_event("Started process for run", run, EngineEventData.in_process(pid))
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name="j"), run.run_id)
+    return instance.get_run_by_id(run.run_id)
+
+
 def test_finding_03_run_monitoring_fails_runs_whose_process_died(dagster_home):
     instance = dg.DagsterInstance.get()
     assert instance.run_monitoring_enabled and instance.run_launcher.supports_check_run_worker_health
-    dead = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTED,
-                               tags={PID_TAG: str(dead_pid()), HOST_TAG: process_tags()[HOST_TAG]})
-    alive = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTED, tags=process_tags())
+    dead = started_run(instance, dead_pid())
+    alive = started_run(instance, os.getpid(), tags=host_tags())
+    assert dead.status == dg.DagsterRunStatus.STARTED
     assert instance.run_launcher.check_run_worker_health(dead).status == WorkerStatus.NOT_FOUND
     assert instance.run_launcher.check_run_worker_health(alive).status == WorkerStatus.RUNNING
 
@@ -59,11 +70,29 @@ def test_finding_03_run_monitoring_fails_runs_whose_process_died(dagster_home):
     assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
 
     # `lem run` (no daemon) uses the same check: only the dead one is failed.
-    dead2 = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTED,
-                                tags={PID_TAG: str(dead_pid()), HOST_TAG: process_tags()[HOST_TAG]})
+    dead2 = started_run(instance, dead_pid())
     assert fail_dead_runs(instance) == [dead2.run_id]
     assert instance.get_run_by_id(dead2.run_id).status == dg.DagsterRunStatus.FAILURE
     assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_finding_03_a_reused_pid_is_not_the_runs_worker(dagster_home):
+    """After a reboot another process may hold the dead worker's pid; it was born after the run
+    started, so it cannot be the run's worker."""
+    instance = dg.DagsterInstance.get()
+    run = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTING)
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name="j"), run.run_id)
+    time.sleep(2.5)
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        instance.report_engine_event("Started process for run", run, EngineEventData.in_process(newcomer.pid))
+        assert process_alive(newcomer.pid)
+        assert worker_status(instance, instance.get_run_by_id(run.run_id)) == WorkerStatus.NOT_FOUND
+        unknown = create_run_for_test(instance, job_name="j", status=dg.DagsterRunStatus.STARTED)
+        assert worker_status(instance, unknown) == WorkerStatus.UNKNOWN  # no pid recorded: left alone
+    finally:
+        newcomer.kill()
+        newcomer.wait()
 
 
 def test_finding_03_dead_mlflow_runs_are_marked_failed(tmp_path):
@@ -160,7 +189,7 @@ def test_finding_10_a_killed_training_resumes_in_the_same_mlflow_run(small_equit
     assert resumed.run_id == run_id and resumed.result.resumed_from_epoch == 1
     assert [h["epoch"] for h in resumed.result.history] == [0, 1, 2]
     run = mlflow.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["lem.resumed_from_epoch"] == "1"
+    assert run.info.status == "FINISHED" and run.data.tags["lem.resumed_at_epoch"] == "2"
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")] == [0, 1, 2]
     assert not (tmp_path / "s2").exists()
     a, b = torch.load(tmp_path / "m1" / "model.pt"), torch.load(tmp_path / "m2" / "model.pt")
@@ -204,3 +233,28 @@ def test_finding_12_training_progress_shows_epoch_loss_and_eta(monkeypatch):
                      "(early stopping may end it sooner)",
                      "epoch 2/5: loss 0.70001, val_loss 0.69999, lr 0.001; 30 s/epoch, at most 90 s left "
                      "(early stopping may end it sooner)"]
+
+
+def test_a_model_the_exporter_cannot_log_is_still_registered_and_servable(small_equity_windows, tmp_path,
+                                                                          monkeypatch):
+    """If mlflow.pytorch.log_model fails, the weights-only model_state artifact is registered."""
+    from lem_pipeline import model_training
+    from lem_pipeline.registry import run_of
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter down")
+
+    monkeypatch.setattr(model_training.mlflow.pytorch, "log_model", broken)
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "a"))
+    trained = train_on_windows(small_model(small_equity_windows), small_equity_windows,
+                               TrainConfig(epochs=1, batch_size=64, progress=False), name="equity", tracking=tracking,
+                               experiment="lem-equity", registered="lem-equity", tags={}, run_name="r", params={},
+                               log=lambda _: None, out=tmp_path / "m", state_dir=tmp_path / "s")
+    assert trained.registered == "lem-equity/1" and trained.model_uri.endswith("/model_state")
+    assert run_of("models:/lem-equity/1", tracking.tracking_uri) == trained.run_id
+    monkeypatch.setenv("LEM_MLFLOW_URI", tracking.tracking_uri)
+    from lem_pipeline.trained_model import load_trained
+
+    model, _ = load_trained("models:/lem-equity/1")
+    a, b = model.state_dict(), torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
