@@ -106,3 +106,37 @@ def test_mistakes_end_with_one_line_and_status_2(model_dir: Path, tmp_path: Path
     for text in expected:
         assert text.format(tmp=tmp_path) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def intraday_model(tmp_path_factory) -> Path:
+    """An untrained intraday model with its windows.json (no frequency in it, as the pipeline writes)."""
+    from lem_model import LargeExecutionModel, LEMConfig
+    from lem_model.saved_model import save_model
+    from lem_pipeline.windows import FEATURE_NAMES, WindowConfig
+
+    cfg = WindowConfig(lookback=24, n_ahead=6, norm_window=48, test_stride=4, seasonality="intraday")
+    model = LargeExecutionModel(LEMConfig(n_features=cfg.n_features, lookback=cfg.lookback, n_ahead=cfg.n_ahead,
+                                          hidden_size=8, num_embedding=4, num_heads=2, fused_hidden=8))
+    out = tmp_path_factory.mktemp("intraday") / "model"
+    save_model(model, out)
+    config = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in cfg.__dict__.items()}
+    (out / WINDOWS_META).write_text(json.dumps({"config": config, "features": FEATURE_NAMES["intraday"]}))
+    return out
+
+
+def test_crypto_from_a_data_vision_tree(intraday_model: Path, tmp_path: Path) -> None:
+    from tests.conftest import BINANCE_MIRROR
+
+    argv = ["--model", str(intraday_model), "--binance-url", BINANCE_MIRROR.resolve().as_uri(), "--symbols",
+            "BTCUSDT", "--interval", "1h", "--test-start", "2021-06-01", "--test-end", "2021-11-30",
+            "--out", str(tmp_path / "out"), "--device", "cpu"]
+    missing = lem(argv, tmp_path)
+    assert missing.returncode == 2 and "give --freq-min" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    proc = lem(argv + ["--freq-min", "60"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    check_summary(summary, 6)
+    assert summary["dataset"] == "crypto" and summary["frequency"] == "60min" and summary["windows"] > 100
+    assert "2021-06-01" <= summary["first_start"] <= summary["last_start"] <= "2021-11-30"
+    assert_rows_match_main_table(summary, tmp_path / "out" / "crypto_60min_main.csv")
