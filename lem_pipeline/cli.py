@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lem_pipeline.commands import lookahead, results, run, schedule
+from lem_pipeline.commands import evaluate, lookahead, results, run, schedule
 from lem_pipeline.errors import UserError
 
 USER_ERROR_STATUS = 2  # as argparse's own usage errors
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="lem", description="Large Execution Models: pipeline and desk tools")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (run, lookahead, results, schedule):
+    for command in (run, lookahead, results, schedule, evaluate):
         command.add_parser(sub)
     args = parser.parse_args(argv)
     try:

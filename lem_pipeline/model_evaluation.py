@@ -1,9 +1,11 @@
 """Evaluating a trained LEM on the test split: the slippage arrays (lem_model.evaluate), the
-paper's tables and plots (lem_pipeline.reporting), all logged to the model's MLflow run."""
+paper's tables and plots (lem_pipeline.reporting), the paired comparisons and summary.json
+(lem_pipeline.evaluation_summary), all logged to the model's MLflow run (the pipeline) or to a
+run of its own (``lem evaluate``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -15,13 +17,18 @@ from lem_model.devices import resolve_device
 from lem_model.evaluate import EvalArrays, evaluate, headline
 from lem_model.failpoints import failpoint
 from lem_model.fileio import replaced_dir
+from lem_model.model import LargeExecutionModel
 from lem_model.saved_model import load_model
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline import reporting, settings
+from lem_pipeline.evaluation_summary import (PAIRED_LABELS, build_summary, paired_metrics, paired_tables,
+                                             summary_name, write_summary)
 from lem_pipeline.lake import SLIPPAGE_FILE, TEST_INDEX_FILE
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.trained_model import check_lineage
 from lem_pipeline.windows import read_index
+
+EVALUATION_ARTIFACT = "evaluation"  # the MLflow artifact folder of an evaluation's files
 
 
 @dataclass
@@ -31,21 +38,22 @@ class Evaluation:
     tables: dict[str, Path]  # per (dataset, frequency) label: the main table's CSV
     main_markdown: str  # the first main table, for the Dagster UI
     plots: list[Path]
-    headline: dict[str, float]
+    headline: dict[str, float]  # the MLflow metrics: lem_model.evaluate.headline and the vs_rule numbers
+    summaries: dict[str, Path] = field(default_factory=dict)  # per label: its summary.json
+    vs_rule_markdown: str = ""  # the vs_rule table of every frequency, for the Dagster UI
 
     @property
     def feasible(self) -> bool:
         return self.arrays.all_finite and self.arrays.max_sum_error < 1e-4
 
 
-def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *, batch_size: int, device: str,
-                     tracking: MLflowTracking, experiment: str, run_id: str) -> Evaluation:
-    """Evaluate the model in ``model_dir`` on the test windows and write everything to ``out``
-    (replaced whole, never half-written); log it all into the training run ``run_id``, which
-    must be the run that wrote ``model_dir`` (lem_pipeline.trained_model.check_lineage)."""
+def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, out: Path, *, batch_size: int,
+                     device: str) -> Evaluation:
+    """Evaluate ``model`` on the test windows of ``windows_dir`` and write everything to ``out``
+    (replaced whole, never half-written): the slippage arrays and test index, and per frequency
+    the paper's tables, the paired table, summary.json and the plots. The one evaluation that
+    both the pipeline (:func:`evaluate_on_test`) and ``lem evaluate`` run."""
     torch.set_num_threads(settings.thread_budget())
-    model = load_model(model_dir)
-    check_lineage(model, model_dir, run_id)
     test = WindowDataset(windows_dir, "test")
     index = read_index(windows_dir, "test")
 
@@ -58,21 +66,45 @@ def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *
     groups = {freq: np.nonzero(freqs == freq)[0] for freq in sorted(set(freqs.tolist()))}
     per_freq = {freq: run(Subset(test, rows.tolist())) for freq, rows in groups.items()}
     ev = EvalArrays.combine([(groups[f], e) for f, e in per_freq.items()]) if per_freq else run(test)
-    tables, plots = {}, []
+    tables, plots, summaries, vs_rule = {}, [], {}, []
+    metrics = headline(ev)
     with replaced_dir(out) as tmp:
         ev.save(tmp / SLIPPAGE_FILE)
         index.write_parquet(tmp / TEST_INDEX_FILE)
         for freq, sub in per_freq.items():
             label = f"{name}_{reporting.frequency_label(freq)}"
             tables[label] = reporting.write_evaluation_tables(sub, tmp, label)
+            summary = build_summary(name, freq, sub, index[groups[freq]])
+            summaries[label] = write_summary(summary, tmp / summary_name(freq, len(per_freq)))
+            reporting.write_paired_table(paired_tables(summary), tmp / f"{label}_paired")
+            metrics |= paired_metrics(summary, len(per_freq))
+            vs_rule.append(f"**{label}**\n\n" + reporting.markdown(
+                reporting.paired_frame({PAIRED_LABELS["vs_rule"]: summary["vs_rule"]}), decimals=2))
             plots += reporting.plot_evaluation(sub, tmp, label, title=f"{name} {reporting.frequency_label(freq)}")
         failpoint("evaluation")
     tables = {k: out / v.name for k, v in tables.items()}
+    summaries = {k: out / v.name for k, v in summaries.items()}
     plots = [out / p.name for p in plots]
-    summary = headline(ev)
-    with tracking.run(experiment, run_id=run_id):
-        mlflow.log_metrics(summary)
-        mlflow.log_artifacts(str(out), "evaluation")
-        mlflow.set_tag("lem.stage", "evaluated")
     first = next(iter(tables.values()), None)
-    return Evaluation(ev, len(test), tables, first.with_suffix(".md").read_text() if first else "", plots, summary)
+    return Evaluation(ev, len(test), tables, first.with_suffix(".md").read_text() if first else "", plots, metrics,
+                      summaries, "\n\n".join(vs_rule))
+
+
+def log_evaluation(result: Evaluation, out: Path) -> None:
+    """Into the active MLflow run: the metrics, and ``out`` as the ``evaluation`` artifacts."""
+    mlflow.log_metrics(result.headline)
+    mlflow.log_artifacts(str(out), EVALUATION_ARTIFACT)
+
+
+def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *, batch_size: int, device: str,
+                     tracking: MLflowTracking, experiment: str, run_id: str) -> Evaluation:
+    """Evaluate the model in ``model_dir`` on the test windows and write everything to ``out``
+    (:func:`evaluate_windows`); log it all into the training run ``run_id``, which must be the
+    run that wrote ``model_dir`` (lem_pipeline.trained_model.check_lineage)."""
+    model = load_model(model_dir)
+    check_lineage(model, model_dir, run_id)
+    result = evaluate_windows(name, model, windows_dir, out, batch_size=batch_size, device=device)
+    with tracking.run(experiment, run_id=run_id):
+        log_evaluation(result, out)
+        mlflow.set_tag("lem.stage", "evaluated")
+    return result

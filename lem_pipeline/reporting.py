@@ -17,6 +17,10 @@ from lem_pipeline.bars import DAILY_MINUTES
 
 MAIN_HEADER = ("Order Type", "Min Period")
 DETAIL_HEADER = ("Order Type", "Strategy")
+TABLE_DECIMALS = 6  # of the CSV tables, and of summary.json's rows, so both hold the same numbers
+PAIRED_COLUMNS = {"Baseline": pl.String, "Side": pl.String, "Min Period": pl.Int64, "Advantage (bps)": pl.Float64,
+                  "CI95 lo (bps)": pl.Float64, "CI95 hi (bps)": pl.Float64, "Win rate": pl.Float64,
+                  "Windows": pl.Int64, "Dates": pl.Int64, "Block (dates)": pl.Int64}
 
 
 def frequency_label(freq_min: int) -> str:
@@ -54,9 +58,9 @@ def latex(frame: pl.DataFrame, decimals: int = 2) -> str:
 
 
 def write_table(frame: pl.DataFrame, stem: Path) -> dict[str, Path]:
-    """CSV (6 decimals), Markdown and LaTeX (2 decimals) of one table; returns the three paths."""
+    """CSV (TABLE_DECIMALS), Markdown and LaTeX (2 decimals) of one table; returns the three paths."""
     paths = {"csv": stem.with_suffix(".csv"), "md": stem.with_suffix(".md"), "tex": stem.with_suffix(".tex")}
-    frame.write_csv(paths["csv"], float_precision=6)
+    frame.write_csv(paths["csv"], float_precision=TABLE_DECIMALS)
     paths["md"].write_text(markdown(frame, decimals=2) + "\n")
     paths["tex"].write_text(latex(frame) + "\n")
     return paths
@@ -69,6 +73,20 @@ def write_evaluation_tables(ev: EvalArrays, out: Path, label: str) -> Path:
         name = "match" if j == ev.n_ahead else f"min{j + 1}"
         write_table(stats_frame(detail_table(ev, j), DETAIL_HEADER), out / f"{label}_detail_{name}")
     return main["csv"]
+
+
+def paired_frame(comparisons: dict[str, list[dict]]) -> pl.DataFrame:
+    """The paired comparisons of summary.json (``{baseline label: its entries}``, e.g. the
+    ``vs_rule`` and ``vs_twap`` lists) as one table: advantage (positive = the LEM is better),
+    95% interval, win rate, and what the interval rests on."""
+    rows = [[baseline, e["side"], e["min_period"], e["advantage_bps"], *e["ci95"], e["win_rate"], e["windows"],
+             e["dates"], e["block_length"]] for baseline, entries in comparisons.items() for e in entries]
+    return pl.DataFrame(rows, schema=PAIRED_COLUMNS, orient="row")
+
+
+def write_paired_table(comparisons: dict[str, list[dict]], stem: Path) -> dict[str, Path]:
+    """The paired table beside the main one (CSV, Markdown, LaTeX)."""
+    return write_table(paired_frame(comparisons), stem)
 
 
 # -- plots -------------------------------------------------------------------------------------

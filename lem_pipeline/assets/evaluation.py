@@ -22,7 +22,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                   check_specs=[dg.AssetCheckSpec(ALLOC_CHECK, asset=f"{dataset}_evaluation",
                                                  description="test-split allocations finite and summing to 1")],
                   description=f"Slippage tables (CSV, Markdown, LaTeX) and plots on the {dataset} test split, "
-                              "with TWAP and early-stop-rule baselines, logged to the training run; when the "
+                              "with TWAP and early-stop-rule baselines, the LEM's paired advantage over them "
+                              "(block-bootstrap intervals) and summary.json, logged to the training run; when the "
                               "allocations are feasible, the model's registry version becomes the champion.")
         def evaluation_asset(context: AssetExecutionContext, lake: DataLake,
                              mlflow: MLflowTracking) -> dg.MaterializeResult:
@@ -42,6 +43,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                     "mlflow_run": dg.MetadataValue.url(trained["mlflow_run"]),
                     "test_windows": result.test_windows,
                     "main_table": dg.MetadataValue.md(result.main_markdown),
+                    "vs_rule": dg.MetadataValue.md(result.vs_rule_markdown),
+                    "summaries": dg.MetadataValue.json({k: str(v) for k, v in result.summaries.items()}),
                     "tables": dg.MetadataValue.json({k: str(v) for k, v in result.tables.items()}),
                     "plots": dg.MetadataValue.json([str(p) for p in result.plots]),
                     "match_vwap_std_reduction_vs_twap_volume": result.headline["test_match_vwap_std_reduction"],

@@ -10,78 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import pickle
-import re
 from datetime import datetime
 from pathlib import Path
 
+from lem_pipeline.commands.model_source import load_model_source, quote
 from lem_pipeline.errors import UserError
 
 MATCH = "match"  # --min-duration: match the benchmark over the whole horizon
-# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a truncated
-# or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
-# weights of another shape: RuntimeError): the user's file is wrong, not the code.
-_CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
-_MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
-
-
-def _quote(e: BaseException) -> str:
-    """The first sentence of an underlying error, short enough for a one-line message."""
-    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
-    return f"{type(e).__name__}: {first[:_MESSAGE_CHARS]}"
-
-
-def _looks_like_path(source: str) -> bool:
-    return Path(source).exists() or (os.sep in source and not _URI_SCHEME.match(source))
-
-
-def check_model_dir(path: Path) -> None:
-    """A trained-model directory holds the saved model and the windows config it was trained on."""
-    from lem_model.saved_model import CONFIG, WEIGHTS
-    from lem_pipeline.trained_model import WINDOWS_META
-
-    if not path.is_dir():
-        raise UserError(f"--model {path}: no such trained-model directory")
-    missing = [f for f in (CONFIG, WEIGHTS, WINDOWS_META) if not (path / f).is_file()]
-    if missing:
-        raise UserError(f"--model {path}: not a trained-model directory, missing {', '.join(missing)}")
-
-
-def _check_store(source: str) -> str:
-    """The MLflow store a run id is looked up in (LEM_MLFLOW_URI / LEM_MLFLOW_DIR); an embedded one
-    must exist: opening a missing one would create it."""
-    from lem_pipeline import settings
-    from lem_pipeline.tracking import MLflowTracking
-
-    uri = MLflowTracking.from_environment().tracking_uri
-    store = settings.sqlite_file(uri)
-    if store is not None and not store.is_file():
-        raise UserError(f"--model {source}: no such model directory, and no MLflow store at {store} to look it up "
-                        f"in as a run id ({settings.MLFLOW_URI} / {settings.MLFLOW_DIR})")
-    return uri
-
-
-def load_model_source(source: str):
-    """(model, windows config) from a trained-model directory or an MLflow run id, or a UserError
-    naming the directory or the run and the store searched."""
-    from mlflow.exceptions import MlflowException
-
-    from lem_pipeline.registry import RegistryError, is_registry_uri
-    from lem_pipeline.trained_model import load_trained
-
-    if _looks_like_path(source):
-        check_model_dir(Path(source))
-        where = "corrupt trained-model directory"
-    elif is_registry_uri(source):
-        where = f"no such registered model version in {_check_store(source)}"
-    else:
-        where = f"no such model directory or MLflow run in {_check_store(source)}"
-    try:
-        return load_trained(source)
-    except (MlflowException, RegistryError, *_CORRUPT_MODEL) as e:
-        raise UserError(f"--model {source}: {where} ({_quote(e)})") from e
 
 
 def parse_start(text: str | None) -> datetime | None:
@@ -127,7 +62,7 @@ def read_bars(path: str, symbol: str | None):
     try:
         bars = pl.read_parquet(path)
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise UserError(f"--bars {path}: not a readable Parquet file ({_quote(e)})") from e
+        raise UserError(f"--bars {path}: not a readable Parquet file ({quote(e)})") from e
     if symbol is None or "symbol" not in bars.columns:
         return bars
     kept = bars.filter(pl.col("symbol") == symbol)

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import dagster as dg
 import matplotlib.image as mpimg
 import mlflow
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from lem_model.saved_model import load_model
 from lem_model.window_dataset import WindowDataset
-from lem_model.evaluate import EvalArrays
+from lem_model.evaluate import EvalArrays, match_vwap_std_reduction
+from lem_model.vocabulary import OrderKind, Target
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import PRESETS
-from lem_pipeline.lake import DataLake
+from lem_pipeline.lake import TEST_INDEX_FILE, DataLake
 from lem_pipeline.resources import BinanceSource, YahooSource
 from lem_pipeline.local_runs import run_partitions
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.windows import WindowConfig
 from tests.conftest import YAHOO_DIR
+from tests.pipeline.summary_contract import assert_rows_match_main_table, check_summary
 
 N = 12
 PRESET = dataclasses.replace(
@@ -132,3 +136,40 @@ def test_evaluation_check_and_metadata(trained):
     meta = latest(instance, "equity_evaluation")
     assert "| TWAP Volume | All |" in meta["main_table"].value
     assert meta["mlflow_run"].value.endswith(meta["mlflow_run_id"].value)
+
+
+def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(trained):
+    out = trained["lake"].evaluation_dir("equity")
+    summary = json.loads((out / "summary.json").read_text())
+    check_summary(summary, N)
+    assert_rows_match_main_table(summary, out / "equity_daily_main.csv")
+    assert summary["dataset"] == "equity" and summary["frequency"] == "daily"
+    index = pl.read_parquet(out / TEST_INDEX_FILE)
+    assert summary["windows"] == len(index)
+    assert summary["first_start"] == index["start_time"].min().date().isoformat()
+    assert summary["last_start"] == index["start_time"].max().date().isoformat()
+    # The paired advantages, recomputed straight from the slippage arrays (row-aligned windows).
+    ev = EvalArrays.load(trained["lake"].slippage_file("equity"))
+    vol = Target.VOLUME
+    for e in summary["vs_rule"]:
+        kind, j = (OrderKind.BUY_VWAP if e["side"] == "BUY" else OrderKind.SELL_VWAP), e["min_period"] - 1
+        lem, rule = ev.model_bps[:, j, kind, vol].astype(np.float64), ev.rule_bps[:, j, kind, vol].astype(np.float64)
+        diff = rule - lem if e["side"] == "BUY" else lem - rule
+        assert e["advantage_bps"] == pytest.approx(diff.mean(), abs=1e-9)
+        assert e["win_rate"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / len(diff))
+    sell6 = next(e for e in summary["vs_twap"] if e["side"] == "SELL" and e["min_period"] == 6)
+    lem = ev.model_bps[:, 5, OrderKind.SELL_VWAP, vol].astype(np.float64)
+    assert sell6["advantage_bps"] == pytest.approx((lem - ev.twap_volume_bps.astype(np.float64)).mean(), abs=1e-9)
+    assert summary["match_vwap_std_reduction"] == pytest.approx(match_vwap_std_reduction(ev), abs=1e-12)
+    # The paired table beside the main one, in MLflow (metrics and artifacts) and in Dagster.
+    paired = pl.read_csv(out / "equity_daily_paired.csv")
+    assert len(paired) == 2 * 2 * N and set(paired["Baseline"]) == {"Rule", "TWAP Volume"}
+    meta = latest(trained["instance"], "equity_evaluation")
+    run = mlflow.get_run(meta["mlflow_run_id"].value)
+    buy6 = next(e for e in summary["vs_rule"] if e["side"] == "BUY" and e["min_period"] == 6)
+    assert run.data.metrics["test_vs_rule_buy_min6_bps"] == pytest.approx(buy6["advantage_bps"])
+    assert run.data.metrics["test_vs_rule_buy_min6_ci_lo"] == pytest.approx(buy6["ci95"][0])
+    assert run.data.metrics["test_vs_rule_buy_min6_win_rate"] == pytest.approx(buy6["win_rate"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/summary.json", "evaluation/equity_daily_paired.csv"} <= artifacts
+    assert "| Rule | BUY | 6 |" in meta["vs_rule"].value

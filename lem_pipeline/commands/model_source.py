@@ -1,0 +1,93 @@
+"""The trained model a command names with ``--model``: a trained-model directory, an MLflow run
+id or a registry URI (lem_pipeline.trained_model.load_trained), loaded or refused with a
+one-line UserError naming the directory or the run and the store searched. Shared by
+``lem schedule`` and ``lem evaluate``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+from lem_pipeline.errors import UserError
+
+# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a truncated
+# or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
+# weights of another shape: RuntimeError): the user's file is wrong, not the code.
+_CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
+_MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
+
+
+def quote(e: BaseException) -> str:
+    """The first sentence of an underlying error, short enough for a one-line message."""
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {first[:_MESSAGE_CHARS]}"
+
+
+def _looks_like_path(source: str) -> bool:
+    return Path(source).exists() or (os.sep in source and not _URI_SCHEME.match(source))
+
+
+def check_model_dir(path: Path) -> None:
+    """A trained-model directory holds the saved model and the windows config it was trained on."""
+    from lem_model.saved_model import CONFIG, WEIGHTS
+    from lem_pipeline.trained_model import WINDOWS_META
+
+    if not path.is_dir():
+        raise UserError(f"--model {path}: no such trained-model directory")
+    missing = [f for f in (CONFIG, WEIGHTS, WINDOWS_META) if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"--model {path}: not a trained-model directory, missing {', '.join(missing)}")
+
+
+def _check_store(source: str) -> str:
+    """The MLflow store a run id is looked up in (LEM_MLFLOW_URI / LEM_MLFLOW_DIR); an embedded one
+    must exist: opening a missing one would create it."""
+    from lem_pipeline import settings
+    from lem_pipeline.tracking import MLflowTracking
+
+    uri = MLflowTracking.from_environment().tracking_uri
+    store = settings.sqlite_file(uri)
+    if store is not None and not store.is_file():
+        raise UserError(f"--model {source}: no such model directory, and no MLflow store at {store} to look it up "
+                        f"in as a run id ({settings.MLFLOW_URI} / {settings.MLFLOW_DIR})")
+    return uri
+
+
+def load_model_source(source: str):
+    """(model, windows config) from a trained-model directory or an MLflow run id, or a UserError
+    naming the directory or the run and the store searched."""
+    from mlflow.exceptions import MlflowException
+
+    from lem_pipeline.registry import RegistryError, is_registry_uri
+    from lem_pipeline.trained_model import load_trained
+
+    if _looks_like_path(source):
+        check_model_dir(Path(source))
+        where = "corrupt trained-model directory"
+    elif is_registry_uri(source):
+        where = f"no such registered model version in {_check_store(source)}"
+    else:
+        where = f"no such model directory or MLflow run in {_check_store(source)}"
+    try:
+        return load_trained(source)
+    except (MlflowException, RegistryError, *_CORRUPT_MODEL) as e:
+        raise UserError(f"--model {source}: {where} ({quote(e)})") from e
+
+
+def model_run_id(source: str) -> str | None:
+    """The MLflow run that trained the model ``source`` names (after :func:`load_model_source`
+    accepted it): a directory's lineage.json, the run id itself, or a registry version's run."""
+    from lem_pipeline.registry import is_registry_uri, run_of
+    from lem_pipeline.trained_model import LINEAGE
+    from lem_pipeline.tracking import MLflowTracking
+
+    if _looks_like_path(source):
+        lineage = Path(source) / LINEAGE
+        return json.loads(lineage.read_text()).get("mlflow_run_id") if lineage.is_file() else None
+    if is_registry_uri(source):
+        return run_of(source, MLflowTracking.from_environment().tracking_uri)
+    return source

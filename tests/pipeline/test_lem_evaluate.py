@@ -1,0 +1,142 @@
+"""`lem evaluate` (the contract in docs/DESIGN.md): a trained equity model on a universe it was not
+trained on (MSFT; the fixture model saw AAPL and KO), through the real CLI in a subprocess with a
+private MLflow store. The windows are counted here independently of lem_pipeline.windows, from
+the CSV and the window arithmetic; the summary must agree with the main table written beside it.
+A user's mistake ends it with one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from lem_pipeline.trained_model import LINEAGE, WINDOWS_META
+from tests.conftest import YAHOO_DIR
+from tests.pipeline.summary_contract import assert_rows_match_main_table, check_summary
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 300
+TEST_START = date(2020, 1, 1)
+TEST_END = date(2021, 12, 31)
+MODEL_RUN = "feedc0de" * 4  # the training run recorded in the model's lineage.json
+
+
+def lem(argv: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEM_") and k != "DAGSTER_HOME"}
+    env |= {"LEM_MLFLOW_DIR": str(tmp / "mlruns"), "LEM_DATA_DIR": str(tmp / "data"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", "evaluate", *argv], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def msft_test_windows(config: dict, test_start: date, test_end: date | None) -> int:
+    """MSFT's test windows, counted from the CSV: execution starts r every stride-th bar from the
+    first one with a full warm-up (2L + N + norm - 1 bars before it), whose first bar r - L is on or
+    after the test start and whose last bar r + N - 1 exists (and is on or before the test end)."""
+    L, N, norm = config["lookback"], config["n_ahead"], config["norm_window"]
+    stride = config["test_stride"] or config["stride"]
+    days = pl.read_csv(YAHOO_DIR / "MSFT.csv", try_parse_dates=True, null_values=["null", "NaN", ""])
+    days = days.drop_nulls().sort("Date")["Date"].to_numpy()
+    assert (pl.read_csv(YAHOO_DIR / "MSFT.csv")["Volume"] > 0).all()  # no bar that the normaliser would skip
+    if test_end is not None:
+        days = days[days <= np.datetime64(test_end)]
+    r = np.arange(2 * L + N + norm - 1, len(days) - N + 1)
+    r = r[(r - r[0]) % stride == 0]
+    return int((days[r - L] >= np.datetime64(test_start)).sum())
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_model, tmp_path_factory) -> Path:
+    """The fixture model with a lineage.json naming its (pretend) training run."""
+    out, _ = trained_model
+    model = tmp_path_factory.mktemp("evaluate") / "model"
+    shutil.copytree(out / "model", model)
+    (model / LINEAGE).write_text(json.dumps({"mlflow_run_id": MODEL_RUN, "weights_sha256": ""}))
+    return model
+
+
+@pytest.mark.parametrize("test_end", [None, TEST_END], ids=["open-ended", "with-test-end"])
+def test_evaluates_msft_with_the_models_windows(model_dir: Path, tmp_path: Path, test_end: date | None) -> None:
+    out = tmp_path / "out"
+    argv = ["--model", str(model_dir), "--yahoo-dir", str(YAHOO_DIR), "--tickers", "MSFT",
+            "--test-start", TEST_START.isoformat(), "--out", str(out), "--device", "cpu"]
+    proc = lem(argv + (["--test-end", test_end.isoformat()] if test_end else []), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    config = json.loads((model_dir / WINDOWS_META).read_text())["config"]
+    summary = json.loads((out / "summary.json").read_text())
+    check_summary(summary, config["n_ahead"])
+    assert summary["windows"] == msft_test_windows(config, TEST_START, test_end) > 0
+    assert summary["dataset"] == "equity" and summary["first_start"] >= TEST_START.isoformat()
+    if test_end:
+        assert summary["last_start"] <= test_end.isoformat()
+    assert_rows_match_main_table(summary, out / "equity_daily_main.csv")
+    assert (out / "equity_daily_paired.md").is_file() and (out / "equity_daily_slippage.png").is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["lem-evaluate"], output_format="list")
+    assert run.data.tags["lem.model_run_id"] == MODEL_RUN and run.data.tags["lem.universe"] == "MSFT"
+    assert "test_vs_rule_buy_min1_bps" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/summary.json" in artifacts
+    assert not (tmp_path / "data").exists(), "lem evaluate wrote into the data lake"
+
+
+@pytest.mark.parametrize("case, argv, expected", [
+    ("missing model", ["--model", "{tmp}/no-model"], ("--model {tmp}/no-model", "no such trained-model directory")),
+    ("unknown ticker", ["--tickers", "MSFT,NOPE"], ("--tickers NOPE", "NOPE.csv")),
+    ("too few bars", ["--test-start", "2024-12-20"], ("too few bars for one test window", "needs 36 bars", "MSFT has 0 from it")),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_mistakes_end_with_one_line_and_status_2(model_dir: Path, tmp_path: Path, case, argv, expected) -> None:
+    args = {"--model": str(model_dir), "--yahoo-dir": str(YAHOO_DIR), "--tickers": "MSFT",
+            "--test-start": TEST_START.isoformat(), "--out": str(tmp_path / "out")}
+    args |= dict(zip(argv[::2], (a.format(tmp=tmp_path) for a in argv[1::2])))
+    proc = lem([x for kv in args.items() for x in kv], tmp_path)
+    lines = proc.stderr.splitlines()
+    print(f"{case}: rc {proc.returncode}: {proc.stderr.strip()}")
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("lem evaluate: "), proc.stderr
+    for text in expected:
+        assert text.format(tmp=tmp_path) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def intraday_model(tmp_path_factory) -> Path:
+    """An untrained intraday model with its windows.json (no frequency in it, as the pipeline writes)."""
+    from lem_model import LargeExecutionModel, LEMConfig
+    from lem_model.saved_model import save_model
+    from lem_pipeline.windows import FEATURE_NAMES, WindowConfig
+
+    cfg = WindowConfig(lookback=24, n_ahead=6, norm_window=48, test_stride=4, seasonality="intraday")
+    model = LargeExecutionModel(LEMConfig(n_features=cfg.n_features, lookback=cfg.lookback, n_ahead=cfg.n_ahead,
+                                          hidden_size=8, num_embedding=4, num_heads=2, fused_hidden=8))
+    out = tmp_path_factory.mktemp("intraday") / "model"
+    save_model(model, out)
+    config = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in cfg.__dict__.items()}
+    (out / WINDOWS_META).write_text(json.dumps({"config": config, "features": FEATURE_NAMES["intraday"]}))
+    return out
+
+
+def test_crypto_from_a_data_vision_tree(intraday_model: Path, tmp_path: Path) -> None:
+    from tests.conftest import BINANCE_MIRROR
+
+    argv = ["--model", str(intraday_model), "--binance-url", BINANCE_MIRROR.resolve().as_uri(), "--symbols",
+            "BTCUSDT", "--interval", "1h", "--test-start", "2021-06-01", "--test-end", "2021-11-30",
+            "--out", str(tmp_path / "out"), "--device", "cpu"]
+    missing = lem(argv, tmp_path)
+    assert missing.returncode == 2 and "give --freq-min" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    proc = lem(argv + ["--freq-min", "60"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    check_summary(summary, 6)
+    assert summary["dataset"] == "crypto" and summary["frequency"] == "60min" and summary["windows"] > 100
+    assert "2021-06-01" <= summary["first_start"] <= summary["last_start"] <= "2021-11-30"
+    assert_rows_match_main_table(summary, tmp_path / "out" / "crypto_60min_main.csv")
