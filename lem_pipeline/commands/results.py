@@ -36,6 +36,17 @@ def _lookahead_table(causal: EvalArrays, lookahead: EvalArrays, val: dict[bool, 
     return markdown(table, decimals=2) + "\n" + loss
 
 
+PAIRED_NOTE = ("The LEM against the causal rule and TWAP on the same windows, per side and minimum period: "
+               "advantage in bps (positive = the LEM is better), 95% interval by a moving-block bootstrap over "
+               "execution dates, win rate (summary.json).")
+
+
+def _paired(evaluation_dir: Path, label: str) -> list[str]:
+    """The evaluation's paired table (lem_pipeline.reporting.write_paired_table), if it has one."""
+    table = evaluation_dir / f"{label}_paired.md"
+    return [PAIRED_NOTE, "", table.read_text(), ""] if table.is_file() else []
+
+
 MIN_TEST_WINDOWS = 200  # below this a frequency's table rests on too few independent periods
 
 
@@ -57,7 +68,8 @@ def _crypto_section(lake: DataLake, instance, preset) -> list[str]:
             parts += [f"### {label}: no test windows", "", "Nothing to evaluate at this frequency.", ""]
             continue
         warning = f", fewer than {MIN_TEST_WINDOWS}: read with care" if n_test < MIN_TEST_WINDOWS else ""
-        parts += [f"### {label} ({n_test} test windows{warning})", "", table.read_text(), ""]
+        parts += [f"### {label} ({n_test} test windows{warning})", "", table.read_text(), "",
+                  *_paired(lake.evaluation_dir("crypto"), f"crypto_{label}")]
     return parts
 
 
@@ -78,6 +90,7 @@ def _equity_section(lake: DataLake, instance, preset) -> tuple[list[str], dict]:
         f"Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps against TWAP volume {h['test_twap_volume_std_bps']:.2f} "
         f"bps: a reduction of {100 * h['test_match_vwap_std_reduction']:.1f}%.",
         "",
+        *_paired(lake.evaluation_dir("equity"), "equity_daily"),
     ], equity
 
 
