@@ -68,6 +68,14 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: a symbol may appear once (it is a partition key): {symbols}")
 
 
+def equity_only(name: str, description: str, tickers: tuple[str, ...], **settings) -> Preset:
+    """A preset without crypto: daily bars of ``tickers`` over the paper's 2000-2024 span unless
+    ``settings`` say otherwise (the crypto months are a placeholder no partition uses)."""
+    return Preset(name=name, description=description, streams=(), crypto_first_month=date(2017, 8, 1),
+                  crypto_last_month=date(2017, 8, 1), tickers=tickers,
+                  **{"equity_start": date(2000, 1, 3), "equity_end": date(2024, 12, 31)} | settings)
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -94,16 +102,11 @@ PRESETS: dict[str, Preset] = {
             finish_gate=True,
             fused_init="independent",
         ),
-        Preset(
+        equity_only(
             name="dow30_cpu",
             description="The paper's 30 Dow stocks with its splits (validation from 2017, test from 2020), stride 1, "
                         "a small model with the aligned objective and the finish gate, sized to train on a 2-core CPU.",
-            streams=(),
-            crypto_first_month=date(2017, 8, 1),
-            crypto_last_month=date(2017, 8, 1),
             tickers=DOW_30,
-            equity_start=date(2000, 1, 3),
-            equity_end=date(2024, 12, 31),
             equity_windows=WindowConfig(seasonality="daily", stride=1, val_start=date(2017, 1, 1),
                                         test_start=date(2020, 1, 1)),
             model=SMALL_SIZE,
@@ -113,16 +116,11 @@ PRESETS: dict[str, Preset] = {
             finish_gate=True,
             fused_init="independent",
         ),
-        Preset(
+        equity_only(
             name="smoke",
             description="Three stocks of the repository's fixture set (AAPL, KO, MSFT), a small model and two "
                         "epochs: the whole graph in about half a minute, for crash-recovery checks and a first look.",
-            streams=(),
-            crypto_first_month=date(2021, 1, 1),
-            crypto_last_month=date(2021, 1, 1),
             tickers=("AAPL", "KO", "MSFT"),
-            equity_start=date(2000, 1, 3),
-            equity_end=date(2024, 12, 31),
             equity_windows=WindowConfig(seasonality="daily", lookback=30, n_ahead=12, stride=8),
             model=SMALL_SIZE,
             training=TrainConfig(epochs=2, batch_size=128, lr=1e-3),
@@ -139,15 +137,10 @@ PRESETS: dict[str, Preset] = {
             crypto_frequencies=(15, 90, 250),  # the paper's three frequencies from 1m candles
             crypto_windows=WindowConfig(seasonality="intraday", val_start=date(2023, 1, 1), test_start=date(2024, 1, 1)),
         ),
-        Preset(
+        equity_only(
             name="paper_dow",
             description="The paper's 30 Dow Jones stocks, daily, 2000-01-03 to 2024-12-31 (needs a GPU to train).",
-            streams=(),
-            crypto_first_month=date(2017, 8, 1),
-            crypto_last_month=date(2017, 8, 1),
             tickers=DOW_30,
-            equity_start=date(2000, 1, 3),
-            equity_end=date(2024, 12, 31),
         ),
     )
 }
