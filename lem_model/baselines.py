@@ -14,6 +14,8 @@ import torch
 
 from lem_model.vocabulary import OrderKind, Side, Target
 
+_TIE = 1e-9  # relative: price differences below this are ties (float64 rounding is ~1e-16)
+
 
 def twap_baselines(volumes: torch.Tensor, prices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(TWAP volume, TWAP notional) slippage in bps against the full-horizon VWAP, per window."""
@@ -46,7 +48,10 @@ def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) 
                     elif j < N and k >= max(j, 1):
                         average = paid / done if target == Target.VOLUME else done / paid
                         seen = prices[:, k] if peek else prices[:, k - 1]
-                        better = sign * (seen - average) < 0  # cheaper to buy, dearer to sell
+                        # Cheaper to buy, dearer to sell, by more than rounding: paid / done is the
+                        # price itself give or take an ulp while one price was paid (at k = 1 the
+                        # previous bar is that price), and rounding must not decide.
+                        better = sign * (seen - average) < -_TIE * average
                         a = torch.where(better, 1 - done, a)
                     a = torch.minimum(a, 1 - done).clamp(min=0)
                     alloc[:, k] = a

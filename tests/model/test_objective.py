@@ -112,3 +112,16 @@ def test_the_rule_finishes_at_the_last_bar_of_its_minimum_duration():
     np.testing.assert_allclose(alloc[N], [t] * N)  # match the benchmark: TWAP
     sell = early_stop_rule(px, N + 1)[0, :, 2, OrderKind.SELL_VWAP, Target.VOLUME]
     np.testing.assert_allclose(sell, [t] * N)  # a sell never finds a dearer bar here
+
+
+def test_the_rule_never_finishes_on_rounding_noise():
+    """At k = 1 the previous bar is the only price paid, so it equals the average: no finish,
+    whichever way paid / done rounds (it did for some sells before, making head 2 differ from
+    heads 0 and 1)."""
+    g = torch.Generator().manual_seed(0)
+    px = 50 + 200 * torch.rand(4096, 12, generator=g, dtype=torch.float64)
+    rule = early_stop_rule(px, 13)
+    for kind in (OrderKind.BUY_VWAP, OrderKind.SELL_VWAP):
+        a = rule[:, :, :, kind, Target.VOLUME]
+        assert torch.equal(a[:, 1, 0], torch.full_like(a[:, 1, 0], 1 / 12))  # never all of it at bar 1
+        assert torch.equal(a[:, :, 0], a[:, :, 2]) and torch.equal(a[:, :, 1], a[:, :, 2])
