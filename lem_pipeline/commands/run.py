@@ -46,6 +46,7 @@ def _show_progress() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         PROGRESS.addHandler(handler)
         PROGRESS.setLevel(logging.INFO)
+        PROGRESS.propagate = False  # a library's root handler would print every line twice
 
 
 def where_to_look(local: LocalDeployment, evaluations: list[str]) -> list[str]:
