@@ -259,15 +259,20 @@ def reset_host_health() -> None:
         _HOSTS.clear()
 
 
+def _checksum_digest(text: str) -> str | None:
+    """The sha256 of a ``.CHECKSUM`` line (``<sha256>  <name>``), or None when it is not one."""
+    words = text.strip().split()
+    digest = words[0].lower() if words else ""
+    return digest if _is_sha256(digest) else None
+
+
 def _recorded_sha256(checksum_file: Path) -> str | None:
     """The digest of a local ``.CHECKSUM``, or None when it is missing, empty or not a sha256
     line (a crash or a hand edit): such a file proves nothing, so the archive is re-verified."""
     try:
-        text = checksum_file.read_text(encoding="ascii", errors="replace").strip()
+        return _checksum_digest(checksum_file.read_text(encoding="ascii", errors="replace"))
     except FileNotFoundError:
         return None
-    digest = text.split()[0].lower() if text else ""
-    return digest if _is_sha256(digest) else None
 
 
 def _is_sha256(digest: str) -> bool:
@@ -442,10 +447,10 @@ class BinanceDataVision:
         body = self._get(rel_path + ".CHECKSUM", None)
         if body is None:
             return None
-        text = body.decode("ascii", errors="replace").strip()
-        digest = text.split()[0].lower() if text else ""
-        if not _is_sha256(digest):
-            raise DataVisionError(f"{self.url(rel_path)}.CHECKSUM: not a sha256 line: {text[:80]!r}")
+        text = body.decode("ascii", errors="replace")
+        digest = _checksum_digest(text)
+        if digest is None:
+            raise DataVisionError(f"{self.url(rel_path)}.CHECKSUM: not a sha256 line: {text.strip()[:80]!r}")
         return digest
 
     # -- one archive ----------------------------------------------------------------------
@@ -544,8 +549,9 @@ def read_klines(path: str | Path) -> pl.DataFrame:
 
     Accepts files with or without Binance's header row and ``open_time`` in milliseconds or
     microseconds (Binance's spot files switched to microseconds on 2025-01-01). A file larger
-    than its period can hold (``size_bound``) is refused before it is inflated, and never more
-    than the bound is read whatever the zip header says.
+    than its period can hold (``size_bound``) is refused before it is inflated (by the size its
+    zip header declares; zipfile itself never inflates past that size, and a member that lies
+    about it fails its CRC), and at most the bound plus one byte is ever read.
     """
     path = Path(path)
     bound = size_bound(path.name)
