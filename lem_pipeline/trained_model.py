@@ -33,13 +33,18 @@ def save_trained(model: LargeExecutionModel, windows_dir: Path, out: Path, run_i
     return out
 
 
+def read_lineage(model_dir: Path) -> dict | None:
+    """A model directory's lineage.json (``mlflow_run_id``, ``weights_sha256``), None without one."""
+    path = Path(model_dir) / LINEAGE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def check_lineage(model: LargeExecutionModel, model_dir: Path, run_id: str) -> None:
     """Refuse a model directory written by another run than ``run_id``, or whose weights are not
     the ones it recorded (a crash between saving and recording, a hand-copied file)."""
-    path = Path(model_dir) / LINEAGE
-    if not path.is_file():
+    lineage = read_lineage(model_dir)
+    if lineage is None:
         raise LineageError(f"{model_dir} has no {LINEAGE}: it cannot be tied to MLflow run {run_id}; retrain it")
-    lineage = json.loads(path.read_text())
     if lineage["mlflow_run_id"] != run_id:
         raise LineageError(f"{model_dir} was trained by MLflow run {lineage['mlflow_run_id']}, not {run_id} (the run "
                            "the latest materialisation names): the training was interrupted after saving; retrain")
@@ -47,16 +52,23 @@ def check_lineage(model: LargeExecutionModel, model_dir: Path, run_id: str) -> N
         raise LineageError(f"{model_dir}: the weights do not match the digest recorded by run {run_id}")
 
 
+def run_id_of(source: str) -> str:
+    """The MLflow run a run id or a ``models:/`` URI names (the registry version's run), in the
+    store named by LEM_MLFLOW_URI / LEM_MLFLOW_DIR."""
+    from lem_pipeline.registry import is_registry_uri, run_of
+    from lem_pipeline.tracking import MLflowTracking
+
+    return run_of(source, MLflowTracking.from_environment().tracking_uri) if is_registry_uri(source) else source
+
+
 def _download(source: str) -> Path:
     """A run id or a ``models:/`` URI -> the run's model_state artifact, downloaded."""
     import mlflow
 
-    from lem_pipeline.registry import is_registry_uri, run_of
     from lem_pipeline.tracking import MLflowTracking
 
-    uri = MLflowTracking.from_environment().tracking_uri
-    mlflow.set_tracking_uri(uri)
-    run_id = run_of(source, uri) if is_registry_uri(source) else source
+    mlflow.set_tracking_uri(MLflowTracking.from_environment().tracking_uri)
+    run_id = run_id_of(source)
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MLFLOW_ARTIFACT))
 
 

@@ -5,7 +5,6 @@ one-line UserError naming the directory or the run and the store searched. Share
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -81,13 +80,9 @@ def load_model_source(source: str):
 def model_run_id(source: str) -> str | None:
     """The MLflow run that trained the model ``source`` names (after :func:`load_model_source`
     accepted it): a directory's lineage.json, the run id itself, or a registry version's run."""
-    from lem_pipeline.registry import is_registry_uri, run_of
-    from lem_pipeline.trained_model import LINEAGE
-    from lem_pipeline.tracking import MLflowTracking
+    from lem_pipeline.trained_model import read_lineage, run_id_of
 
     if _looks_like_path(source):
-        lineage = Path(source) / LINEAGE
-        return json.loads(lineage.read_text()).get("mlflow_run_id") if lineage.is_file() else None
-    if is_registry_uri(source):
-        return run_of(source, MLflowTracking.from_environment().tracking_uri)
-    return source
+        lineage = read_lineage(Path(source))
+        return lineage.get("mlflow_run_id") if lineage else None
+    return run_id_of(source)

@@ -238,13 +238,14 @@ def test_finding_12_training_progress_shows_epoch_loss_and_eta(monkeypatch):
 def test_a_model_the_exporter_cannot_log_is_still_registered_and_servable(small_equity_windows, tmp_path,
                                                                           monkeypatch):
     """If mlflow.pytorch.log_model fails, the weights-only model_state artifact is registered."""
-    from lem_pipeline import model_training
     from lem_pipeline.registry import run_of
 
     def broken(*args, **kwargs):
         raise RuntimeError("exporter down")
 
-    monkeypatch.setattr(model_training.mlflow.pytorch, "log_model", broken)
+    import mlflow.pytorch  # the real module, not mlflow's lazy proxy (loading it later would undo the patch)
+
+    monkeypatch.setattr(mlflow.pytorch, "log_model", broken)
     tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "a"))
     trained = train_on_windows(small_model(small_equity_windows), small_equity_windows,
                                TrainConfig(epochs=1, batch_size=64, progress=False), name="equity", tracking=tracking,
