@@ -2,6 +2,9 @@
 one-line rule achieves:
 
   - TWAP in volume and TWAP in notional, against the full-horizon VWAP;
+  - a static VWAP: the average share of the horizon's volume traded at each step, fitted on the
+    training windows only (:class:`VolumeProfile`), against the full-horizon VWAP;
+  - Almgren-Chriss for the cost model in use (lem_model.costs.almgren_chriss);
   - a causal early-stop rule: trade TWAP (1/N per bar); for minimum duration j+1 (head j),
     finish the whole remainder at the first bar k >= max(j, 1) whose previous bar's VWAP is below
     (buy) or above (sell) the average price achieved so far. It decides with bars before k only,
@@ -10,6 +13,9 @@ one-line rule achieves:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from lem_model.vocabulary import OrderKind, Side, Target
@@ -23,6 +29,42 @@ def twap_baselines(volumes: torch.Tensor, prices: torch.Tensor) -> tuple[torch.T
     twap_volume = prices.mean(1)  # equal quantity per bar: the average price
     twap_notional = prices.shape[1] / (1.0 / prices).sum(1)  # equal notional per bar: the harmonic mean
     return (twap_volume / vwap - 1) * 1e4, (twap_notional / vwap - 1) * 1e4
+
+
+def schedule_slippage_bps(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor) -> torch.Tensor:
+    """(B,) slippage in bps of one quantity schedule per window (B, N) against the full-horizon VWAP."""
+    vwap = (volumes * prices).sum(1) / volumes.sum(1)
+    return ((alloc * prices).sum(1) / alloc.sum(1) / vwap - 1) * 1e4
+
+
+@dataclass(frozen=True)
+class VolumeProfile:
+    """A static VWAP schedule: step k trades the average share of the horizon's volume that step
+    k carried in the training windows of the same phase (the start's hour of day for intraday
+    bars; one phase for daily bars). A phase the training split never saw gets the average curve."""
+
+    curves: dict[int, np.ndarray]  # phase -> (N,), summing to 1
+    overall: np.ndarray  # (N,)
+
+    @classmethod
+    def fit(cls, volumes: np.ndarray, phases: np.ndarray) -> VolumeProfile:
+        """From the execution volumes (n, N) of the training windows and their phases (n,)."""
+        volumes = np.asarray(volumes, dtype=np.float64)
+        if not len(volumes):
+            raise ValueError("a volume profile needs training windows: there are none")
+        shares = volumes / volumes.sum(1, keepdims=True)
+
+        def curve(rows: np.ndarray) -> np.ndarray:
+            c = shares[rows].mean(0)
+            return c / c.sum()
+
+        phases = np.asarray(phases)
+        return cls({int(p): curve(phases == p) for p in np.unique(phases)}, curve(np.ones(len(shares), bool)))
+
+    def schedules(self, phases: np.ndarray) -> np.ndarray:
+        """(B, N): the schedule of each window, by its phase."""
+        return np.stack([self.curves.get(int(p), self.overall) for p in phases]) if len(phases) else \
+            np.zeros((0, len(self.overall)))
 
 
 def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) -> torch.Tensor:

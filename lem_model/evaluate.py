@@ -8,14 +8,16 @@ executed on (lem_model.metrics.slippage_bps), so model and rule are scored the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lem_model.baselines import early_stop_rule, twap_baselines
+from lem_model.baselines import early_stop_rule, schedule_slippage_bps, twap_baselines
+from lem_model.costs import CostConfig, MarketContext, almgren_chriss, market_context, trailing_bars
 from lem_model.devices import autocast
 from lem_model.metrics import slippage_bps
 from lem_model.model import LargeExecutionModel
@@ -35,6 +37,10 @@ class EvalArrays:
     mean_alloc: np.ndarray  # (N, N+1, 4, 2) mean allocation per step
     max_sum_error: float  # max |sum over steps - 1| of the model's allocations
     all_finite: bool
+    # The schedule baselines of lem_model.baselines against the full-horizon VWAP (n,), empty when
+    # not evaluated: the static VWAP of the training volume profile, and Almgren-Chriss.
+    profile_bps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    almgren_chriss_bps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def n_ahead(self) -> int:
@@ -54,8 +60,10 @@ class EvalArrays:
         every window back at its row, the mean allocation weighted by each group's size."""
         n = sum(len(rows) for rows, _ in parts)
         per_window = {}
-        for name in ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps"):
+        for name in PER_WINDOW:
             like = getattr(parts[0][1], name)
+            if any(len(getattr(ev, name)) != len(rows) for rows, ev in parts):
+                continue  # not evaluated for every group: left empty
             per_window[name] = np.empty((n, *like.shape[1:]), like.dtype)
             for rows, ev in parts:
                 per_window[name][rows] = getattr(ev, name)
@@ -64,13 +72,50 @@ class EvalArrays:
                    all_finite=all(ev.all_finite for _, ev in parts))
 
 
+PER_WINDOW = ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps", "profile_bps", "almgren_chriss_bps")
+
+
+@dataclass(frozen=True)
+class ScheduleBaselines:
+    """What the schedule baselines need besides the windows: the volume-profile schedule of each
+    evaluated window (fitted on the training split, lem_model.baselines.VolumeProfile), and the
+    bar length and lookback from which lem_model.costs reads each window's market context."""
+
+    profile: np.ndarray  # (n, N), in the order of the evaluated windows
+    freq_min: int
+    lookback: int
+    costs: CostConfig
+
+
+@dataclass
+class Batch:
+    """One batch of an evaluation, everything on the CPU in float64 (slippage: the tables' float32)."""
+
+    first: int  # position of its first window among the evaluated windows
+    volumes: torch.Tensor  # (B, N)
+    prices: torch.Tensor  # (B, N)
+    context: MarketContext
+    model_alloc: torch.Tensor  # (B, N, N+1, 4, 2)
+    rule_alloc: torch.Tensor
+    profile: torch.Tensor  # (B, N)
+    almgren_chriss: torch.Tensor | None  # (B, N), when costs are on
+    model_bps: torch.Tensor  # (B, N+1, 4, 2)
+    rule_bps: torch.Tensor
+    twap_volume_bps: torch.Tensor  # (B,)
+    twap_notional_bps: torch.Tensor
+
+
 @torch.no_grad()
 def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_rate: float = 1.0,
-             batch_size: int = 256, device: str | torch.device = "cpu") -> EvalArrays:
+             batch_size: int = 256, device: str | torch.device = "cpu", baselines: ScheduleBaselines | None = None,
+             on_batch: Callable[[Batch], None] | None = None) -> EvalArrays:
+    """The slippage of the model and the baselines on every window of ``data``; with
+    ``baselines``, the volume profile and (costs on) Almgren-Chriss too, and each batch handed to
+    ``on_batch`` (the trade log is built there) after the model ran on it once."""
     model.eval().to(device)
     device = torch.device(device)
     N, J = model.cfg.n_ahead, model.cfg.n_models
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("model", "rule", "tv", "tn")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in PER_WINDOW}
     alloc_sum = torch.zeros(N, J, len(OrderKind), len(Target), dtype=torch.float64)
     max_err, finite, n = 0.0, True, 0
     for x, vol, px in DataLoader(data, batch_size=batch_size):
@@ -82,14 +127,29 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
         finite &= bool(torch.isfinite(alloc).all())
         max_err = max(max_err, float((alloc.sum(1) - 1).abs().max()))
         alloc_sum += alloc.sum(0).cpu()
+        rule = early_stop_rule(px, J)
+        per_window = {"model_bps": slippage_bps(alloc, vol, px).float(), "rule_bps": slippage_bps(rule, vol, px).float()}
+        per_window["twap_volume_bps"], per_window["twap_notional_bps"] = (t.float() for t in twap_baselines(vol, px))
+        if baselines is not None:
+            x, vol, px, alloc, rule = x.cpu(), vol.cpu(), px.cpu(), alloc.cpu(), rule.cpu()
+            per_window = {k: v.cpu() for k, v in per_window.items()}
+            L, span = baselines.lookback, trailing_bars(baselines.lookback, baselines.freq_min, baselines.costs)
+            ctx = market_context(x[:, L - span:L, -2], x[:, L - span:L, -1], baselines.freq_min)
+            profile = torch.from_numpy(baselines.profile[n:n + B]).double()
+            per_window["profile_bps"] = schedule_slippage_bps(profile, vol, px).float()
+            ac = None
+            if baselines.costs.enabled:
+                ac = almgren_chriss(ctx.sigma_daily, N, baselines.freq_min, baselines.costs)
+                per_window["almgren_chriss_bps"] = schedule_slippage_bps(ac, vol, px).float()
+            if on_batch is not None:
+                on_batch(Batch(n, vol, px, ctx, alloc, rule, profile, ac, per_window["model_bps"], per_window["rule_bps"],
+                               per_window["twap_volume_bps"], per_window["twap_notional_bps"]))
+        for k, v in per_window.items():
+            parts[k].append(v.cpu().numpy())
         n += B
-        parts["model"].append(slippage_bps(alloc, vol, px).float().cpu().numpy())
-        parts["rule"].append(slippage_bps(early_stop_rule(px, J), vol, px).float().cpu().numpy())
-        tv, tn = twap_baselines(vol, px)
-        parts["tv"].append(tv.float().cpu().numpy())
-        parts["tn"].append(tn.float().cpu().numpy())
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    return EvalArrays(cat["model"], cat["rule"], cat["tv"], cat["tn"], (alloc_sum / max(n, 1)).numpy(), max_err, finite)
+    cat = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+    return EvalArrays(cat["model_bps"], cat["rule_bps"], cat["twap_volume_bps"], cat["twap_notional_bps"],
+                      (alloc_sum / max(n, 1)).numpy(), max_err, finite, cat["profile_bps"], cat["almgren_chriss_bps"])
 
 
 # -- the numbers of the tables -----------------------------------------------------------------
@@ -104,7 +164,8 @@ Row = tuple[str, str, list[float]]  # (order, minimum period or strategy, stats)
 
 
 def main_table(ev: EvalArrays) -> list[Row]:
-    """The paper's Table 1 form, plus the early-stop rule's rows under the same periods."""
+    """The paper's Table 1 form, plus the early-stop rule's rows under the same periods and the
+    schedule baselines' rows (volume profile, Almgren-Chriss) where they were evaluated."""
     N = ev.n_ahead
     rows: list[Row] = [("TWAP Notional", "All", stats(ev.twap_notional_bps)),
                        ("TWAP Volume", "All", stats(ev.twap_volume_bps))]
@@ -113,6 +174,10 @@ def main_table(ev: EvalArrays) -> list[Row]:
         rows.append((name, "Match VWAP", stats(ev.model_bps[:, N, vwap_kind, Target.VOLUME])))
     for name, vwap_kind, _ in SIDES:
         rows += [(f"RULE {name}", str(m + 1), stats(ev.rule_bps[:, m, vwap_kind, Target.VOLUME])) for m in range(N)]
+    n = len(ev.twap_volume_bps)
+    for order, values in (("VWAP Profile", ev.profile_bps), ("Almgren-Chriss", ev.almgren_chriss_bps)):
+        if n and len(values) == n:  # the schedule baselines, where they were evaluated
+            rows.append((order, "All", stats(values)))
     return rows
 
 

@@ -7,7 +7,12 @@ table: ``order``, ``min_period`` and its seven statistics, to the CSV's decimals
 ``vs_twap`` (the LEM's paired advantage over the causal rule and over TWAP in volume, per side
 and minimum period: ``side``, ``min_period``, ``advantage_bps``, ``ci95``, ``win_rate``, and what
 the interval rests on: ``windows``, ``dates``, ``block_length``) and ``match_vwap_std_reduction``.
-Later issues add keys, never rename them. A number that does not exist (NaN) is ``null``.
+Issue 13 adds, from the trade log (lem_pipeline.trade_log): ``rows`` gain the baselines
+"VWAP Profile" and (costs on) "Almgren-Chriss" and every row an ``arrival_mean``; ``net`` (per
+order size as a fraction of ADV, "0.001": rows net of impact and fees, each with ``fill_rate``,
+``impact_bps`` and ``fees_bps``); ``regimes`` (the rows per volatility tercile and trend sign);
+``costs`` (the cost model used). Later issues add keys, never rename them. A number that does not
+exist (NaN) is ``null``.
 
 Every evaluation writes one per frequency: ``summary.json`` when it has one frequency (equity,
 or a single crypto frequency), else ``summary_<frequency>.json`` for each.
@@ -22,15 +27,74 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lem_model.evaluate import STAT_NAMES, EvalArrays, main_table, match_vwap_std_reduction
+from lem_model.costs import CostConfig
+from lem_model.evaluate import STAT_NAMES, EvalArrays, main_table, match_vwap_std_reduction, stats
+from lem_model.ledger import ALMGREN_CHRISS, LEM, PROFILE, RULE, TWAP
 from lem_model.paired import DEFAULT_RESAMPLES, comparisons
 from lem_pipeline.reporting import TABLE_DECIMALS, frequency_label
+from lem_pipeline.trade_log import ORDER_KEYS, VOLATILITY_REGIMES
 
 SUMMARY_FILE = "summary.json"
 STAT_KEYS = tuple(s.lower() for s in STAT_NAMES)  # mean, std, median, p5, p95, q25, q75
 # summary.json's paired lists, by the baseline each compares against (lem_model.paired.BASELINES).
 PAIRED_KEYS = {"vs_rule": "rule", "vs_twap": "twap"}
 PAIRED_LABELS = {"vs_rule": "Rule", "vs_twap": "TWAP Volume"}  # in the paired table
+
+
+# The trade-log order (strategy, side, target) of each main-table row; side-less baselines are
+# scored as buys (a cost raises them).
+TABLE_ORDERS = {"TWAP Volume": (TWAP, "BUY", "volume"), "TWAP Notional": (TWAP, "BUY", "notional"),
+                "BUY": (LEM, "BUY", "volume"), "SELL": (LEM, "SELL", "volume"),
+                "RULE BUY": (RULE, "BUY", "volume"), "RULE SELL": (RULE, "SELL", "volume"),
+                "VWAP Profile": (PROFILE, "BUY", "volume"), "Almgren-Chriss": (ALMGREN_CHRISS, "BUY", "volume")}
+REGIMES = {"volatility": VOLATILITY_REGIMES, "trend": ("up", "down")}
+
+
+def size_key(size: float) -> str:
+    """An order size as ``net``'s key: 0.01 -> "0.01"."""
+    return format(size, "g")
+
+
+def table_values(ledger: pl.DataFrame, rows: list[tuple[str, str]], columns: list[str]) -> dict[tuple, dict]:
+    """Per main-table row (order, min_period): each of ``columns`` of its trade-log orders, as a
+    float64 array in trade-log order."""
+    grouped = ledger.group_by(ORDER_KEYS).agg(pl.col(c).cast(pl.Float64) for c in columns)
+    found = {tuple(r[:4]): dict(zip(columns, r[4:])) for r in grouped.iter_rows()}
+    out = {}
+    for order, period in rows:
+        hit = found.get((*TABLE_ORDERS[order], period))
+        if hit is not None:
+            out[(order, period)] = {c: np.asarray(v, dtype=np.float64) for c, v in hit.items()}
+    return out
+
+
+def _stat_row(order: str, period: str, values: np.ndarray, **extra) -> dict:
+    return {"order": order, "min_period": period, **{k: _number(v, TABLE_DECIMALS) for k, v in zip(STAT_KEYS, stats(values))},
+            **{k: _number(float(np.mean(v)), TABLE_DECIMALS) for k, v in extra.items()}}
+
+
+def cost_sections(ledger: pl.DataFrame, rows: list[tuple[str, str]], costs: CostConfig) -> dict:
+    """``net`` per order size and ``regimes``, and each gross row's ``arrival_mean``."""
+    cols = ["slippage_bps", "arrival_bps"]
+    if costs.enabled:
+        for size in costs.order_sizes:
+            cols += [f"{c}@{size:g}" for c in ("net_slippage_bps", "net_arrival_bps", "fill_rate", "impact_bps", "fees_bps")]
+    values = table_values(ledger, rows, cols)
+    out = {"arrival_mean": {k: _number(float(v["arrival_bps"].mean()), TABLE_DECIMALS) for k, v in values.items()}}
+    if costs.enabled:
+        out["net"] = {size_key(s): [_stat_row(o, m, v[f"net_slippage_bps@{s:g}"],
+                                              arrival_mean=v[f"net_arrival_bps@{s:g}"], fill_rate=v[f"fill_rate@{s:g}"],
+                                              impact_bps=v[f"impact_bps@{s:g}"], fees_bps=v[f"fees_bps@{s:g}"])
+                                    for (o, m), v in values.items()] for s in costs.order_sizes}
+    regimes = []
+    for regime, labels in REGIMES.items():
+        for label in labels:
+            part = ledger.filter(pl.col(f"{regime}_regime") == label)
+            for (o, m), v in table_values(part, rows, ["slippage_bps", "arrival_bps"]).items():
+                regimes.append({"regime": regime, "label": label, "windows": len(v["slippage_bps"]),
+                                **_stat_row(o, m, v["slippage_bps"], arrival_mean=v["arrival_bps"])})
+    out["regimes"] = regimes
+    return out
 
 
 def summary_name(freq_min: int, frequencies: int) -> str:
@@ -53,8 +117,11 @@ def _number(x: float, decimals: int | None = None) -> float | None:
 
 
 def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFrame, *,
-                  resamples: int = DEFAULT_RESAMPLES) -> dict:
-    """The summary of one frequency's evaluation: ``ev`` and ``index`` hold the same windows, row by row."""
+                  resamples: int = DEFAULT_RESAMPLES, ledger: pl.DataFrame | None = None,
+                  costs: CostConfig | None = None, fee_bps: float = 0.0, profile_windows: int = 0) -> dict:
+    """The summary of one frequency's evaluation: ``ev`` and ``index`` hold the same windows, row
+    by row; ``ledger`` is that frequency's part of the trade log (lem_pipeline.trade_log), evaluated
+    with ``costs`` (``fee_bps`` charged; ``profile_windows``: the volume profile's training windows)."""
     if len(index) != len(ev.twap_volume_bps):
         raise ValueError(f"{len(index)} index rows for {len(ev.twap_volume_bps)} evaluated windows")
     dates = execution_dates(index)
@@ -68,6 +135,17 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
                   **{k: _number(v, TABLE_DECIMALS) for k, v in zip(STAT_KEYS, values)}}
                  for order, period, values in main_table(ev)],
     }
+    if ledger is not None and costs is not None:
+        sections = cost_sections(ledger, [(r["order"], r["min_period"]) for r in out["rows"]], costs)
+        for row in out["rows"]:
+            row["arrival_mean"] = sections["arrival_mean"].get((row["order"], row["min_period"]))
+        if "net" in sections:
+            out["net"] = sections["net"]
+        out["regimes"] = sections["regimes"]
+        out["costs"] = {"enabled": costs.enabled, "order_sizes": list(costs.order_sizes),
+                        "participation_cap": costs.participation_cap, "impact_coefficient": costs.impact_coefficient,
+                        "fee_bps": fee_bps, "adv_days": costs.adv_days, "risk_aversion": costs.risk_aversion,
+                        "almgren_chriss_size": costs.reference_size, "volume_profile_windows": profile_windows}
     for key, baseline in PAIRED_KEYS.items():
         out[key] = [{"side": side, "min_period": m, "advantage_bps": _number(p.mean),
                      "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),
@@ -99,4 +177,21 @@ def paired_metrics(summary: dict, frequencies: int) -> dict[str, float]:
                             ("win_rate", e["win_rate"])):
             if value is not None:
                 out[f"{stem}_{name}"] = value
+    return out
+
+
+def cost_metrics(summary: dict, frequencies: int) -> dict[str, float]:
+    """Net of costs, per order size, as MLflow metrics for run comparison: every row's mean net
+    slippage, and the fill rate of the whole-horizon rows (Match VWAP and the baselines), e.g.
+    ``test_net_0.01_buy_match_mean_bps``, ``test_net_0.01_twap_volume_fill_rate``."""
+    freq = "" if frequencies == 1 else f"_{summary['frequency']}"
+    out: dict[str, float] = {}
+    for size, rows in summary.get("net", {}).items():
+        for r in rows:
+            period = "match" if r["min_period"] == "Match VWAP" else ("" if r["min_period"] == "All"
+                                                                       else f"min{r['min_period']}")
+            name = "_".join(x for x in (r["order"].lower().replace(" ", "_").replace("-", "_"), period) if x)
+            for stat, value in (("mean_bps", r["mean"]), ("fill_rate", r["fill_rate"])):
+                if value is not None and (stat == "mean_bps" or r["min_period"] in ("All", "Match VWAP")):
+                    out[f"test_net{freq}_{size}_{name}_{stat}"] = value
     return out

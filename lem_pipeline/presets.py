@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+from lem_model.costs import CostConfig
 from lem_model.config import PAPER_SIZE, SMALL_SIZE, ModelSize
 from lem_model.train import TrainConfig
 from lem_pipeline import settings
@@ -50,6 +51,7 @@ class Preset:
     # heads (issue 11; lem_model.config.LEMConfig).
     finish_gate: bool = False
     fused_init: Literal["tiled", "independent"] = "tiled"
+    costs: CostConfig = CostConfig()  # what evaluation charges beside the paper's cost-free tables
 
     @property
     def model_switches(self) -> dict:

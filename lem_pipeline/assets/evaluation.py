@@ -22,7 +22,9 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                   check_specs=[dg.AssetCheckSpec(ALLOC_CHECK, asset=f"{dataset}_evaluation",
                                                  description="test-split allocations finite and summing to 1")],
                   description=f"Slippage tables (CSV, Markdown, LaTeX) and plots on the {dataset} test split, "
-                              "with TWAP and early-stop-rule baselines, the LEM's paired advantage over them "
+                              "with TWAP, early-stop-rule, volume-profile and Almgren-Chriss baselines, net of "
+                              "impact, fees and a participation cap at three order sizes, by regime, a per-order "
+                              "trade log (trades.parquet), the LEM's paired advantage over them "
                               "(block-bootstrap intervals) and summary.json, logged to the training run; when the "
                               "allocations are feasible, the model's registry version becomes the champion.")
         def evaluation_asset(context: AssetExecutionContext, lake: DataLake,
@@ -31,7 +33,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             out = lake.evaluation_dir(dataset)
             result = evaluate_on_test(dataset, trained["model_dir"], lake.windows_dir(dataset), out,
                                       batch_size=preset.training.batch_size, device=preset.training.device,
-                                      tracking=mlflow, experiment=f"lem-{dataset}", run_id=trained["mlflow_run_id"])
+                                      tracking=mlflow, experiment=f"lem-{dataset}", run_id=trained["mlflow_run_id"],
+                                      costs=preset.costs)
             ev = result.arrays
             champion = None
             if result.feasible:
@@ -44,6 +47,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                     "test_windows": result.test_windows,
                     "main_table": dg.MetadataValue.md(result.main_markdown),
                     "vs_rule": dg.MetadataValue.md(result.vs_rule_markdown),
+                    "costs": dg.MetadataValue.md(result.costs_markdown),
+                    "trade_log": dg.MetadataValue.path(str(result.trade_log)),
                     "summaries": dg.MetadataValue.json({k: str(v) for k, v in result.summaries.items()}),
                     "tables": dg.MetadataValue.json({k: str(v) for k, v in result.tables.items()}),
                     "plots": dg.MetadataValue.json([str(p) for p in result.plots]),

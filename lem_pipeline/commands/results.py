@@ -5,6 +5,7 @@ trains and evaluates nothing."""
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
-from lem_pipeline.reporting import frequency_label, markdown, stats_frame
+from lem_pipeline.evaluation_summary import summary_name
+from lem_pipeline.reporting import costs_frame, frequency_label, markdown, stats_frame
 from lem_pipeline.windows import read_index, read_meta, window_counts
 
 HOW = "`lem run && lem lookahead && lem results`"
@@ -41,10 +43,27 @@ PAIRED_NOTE = ("The LEM against the causal rule and TWAP on the same windows, pe
                "execution dates, win rate (summary.json).")
 
 
-def _paired(evaluation_dir: Path, label: str) -> list[str]:
-    """The evaluation's paired table (lem_pipeline.reporting.write_paired_table), if it has one."""
+COSTS_NOTE = ("Net of trading costs (README, \"Trading costs\"): mean slippage against the benchmark and against the "
+              "arrival price (the VWAP of the bar before execution), gross and at three order sizes (fraction of ADV: "
+              "square-root impact, fees, a 20% participation cap), with the fill rate; side-less baselines scored as "
+              "buys. Rows: minimum periods 1, N/2 and Match VWAP, and the baselines; every row, the net tables in the "
+              "paper's layout, the regimes and the trade log are in the evaluation's files.")
+
+
+def _paired(evaluation_dir: Path, label: str, summary_file: str = "summary.json") -> list[str]:
+    """The evaluation's paired table (lem_pipeline.reporting.write_paired_table) and its costs
+    table (a few rows of lem_pipeline.reporting.costs_frame), where it has them."""
     table = evaluation_dir / f"{label}_paired.md"
-    return [PAIRED_NOTE, "", table.read_text(), ""] if table.is_file() else []
+    parts = [PAIRED_NOTE, "", table.read_text(), ""] if table.is_file() else []
+    summary_path = evaluation_dir / summary_file
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("net"):
+            n_ahead = max(int(r["min_period"]) for r in summary["rows"] if r["min_period"].isdigit())
+            shown = {"1", str(n_ahead // 2), "Match VWAP", "All"}
+            frame = costs_frame(summary).filter(pl.col("Min Period").is_in(shown))
+            parts += [COSTS_NOTE, "", markdown(frame, decimals=2), ""]
+    return parts
 
 
 MIN_TEST_WINDOWS = 200  # below this a frequency's table rests on too few independent periods
@@ -69,7 +88,8 @@ def _crypto_section(lake: DataLake, instance, preset) -> list[str]:
             continue
         warning = f", fewer than {MIN_TEST_WINDOWS}: read with care" if n_test < MIN_TEST_WINDOWS else ""
         parts += [f"### {label} ({n_test} test windows{warning})", "", table.read_text(), "",
-                  *_paired(lake.evaluation_dir("crypto"), f"crypto_{label}")]
+                  *_paired(lake.evaluation_dir("crypto"), f"crypto_{label}",
+                           summary_name(freq, len(preset.crypto_frequencies)))]
     return parts
 
 

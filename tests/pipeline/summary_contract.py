@@ -8,7 +8,8 @@ import math
 from datetime import date
 from pathlib import Path
 
-ORDERS = ("TWAP Volume", "TWAP Notional", "BUY", "SELL", "RULE BUY", "RULE SELL")
+ORDERS = ("TWAP Volume", "TWAP Notional", "BUY", "SELL", "RULE BUY", "RULE SELL", "VWAP Profile", "Almgren-Chriss")
+SIZES = ("0.001", "0.01", "0.05")  # the default order sizes, as fractions of ADV
 STATS = ("mean", "std", "median", "p5", "p95", "q25", "q75")
 SIDES = ("BUY", "SELL")
 PAIRED = ("vs_rule", "vs_twap")
@@ -29,7 +30,20 @@ def check_summary(s: dict, n_ahead: int) -> None:
     for row in s["rows"]:
         assert row["order"] in ORDERS, row
         assert row["min_period"] in periods, row
-        assert all(_number(row[k]) for k in STATS), row
+        assert all(_number(row[k]) for k in STATS) and _number(row["arrival_mean"]), row
+    assert {("VWAP Profile", "All"), ("Almgren-Chriss", "All")} <= {(r["order"], r["min_period"]) for r in s["rows"]}
+    assert set(s["net"]) == set(SIZES)
+    for size, rows in s["net"].items():
+        assert [(r["order"], r["min_period"]) for r in rows] == [(r["order"], r["min_period"]) for r in s["rows"]], size
+        for row in rows:
+            assert all(_number(row[k]) for k in (*STATS, "arrival_mean", "impact_bps", "fees_bps")), row
+            assert 0 < row["fill_rate"] <= 1, row
+    assert {(e["regime"], e["label"]) for e in s["regimes"]} <= {("volatility", "low"), ("volatility", "mid"),
+                                                                 ("volatility", "high"), ("trend", "up"),
+                                                                 ("trend", "down")}
+    for regime in ("volatility", "trend"):
+        rows = [e for e in s["regimes"] if e["regime"] == regime and (e["order"], e["min_period"]) == ("TWAP Volume", "All")]
+        assert sum(e["windows"] for e in rows) == s["windows"], regime
     for key in PAIRED:
         entries = s[key]
         assert {(e["side"], e["min_period"]) for e in entries} == {(side, m) for side in SIDES

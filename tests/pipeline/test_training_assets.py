@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 
 import dagster as dg
 import matplotlib.image as mpimg
@@ -14,17 +15,21 @@ import polars as pl
 import pytest
 import torch
 
+from lem_model.costs import CostConfig
 from lem_model.saved_model import load_model
-from lem_model.window_dataset import WindowDataset
+from lem_model.window_dataset import WindowDataset, bars_file
 from lem_model.evaluate import EvalArrays, match_vwap_std_reduction
 from lem_model.vocabulary import OrderKind, Target
 from lem_pipeline.definitions import build_definitions
+from lem_pipeline.evaluation_summary import TABLE_ORDERS
+from lem_pipeline.model_evaluation import fit_baselines
 from lem_pipeline.presets import PRESETS
 from lem_pipeline.lake import TEST_INDEX_FILE, DataLake
 from lem_pipeline.resources import BinanceSource, YahooSource
 from lem_pipeline.local_runs import run_partitions
+from lem_pipeline.trade_log import TRADE_LOG_FILE
 from lem_pipeline.tracking import MLflowTracking
-from lem_pipeline.windows import WindowConfig
+from lem_pipeline.windows import WindowConfig, read_index
 from tests.conftest import YAHOO_DIR
 from tests.pipeline.summary_contract import assert_rows_match_main_table, check_summary
 
@@ -80,7 +85,7 @@ def read_main_table(lake: DataLake) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def test_main_table_has_the_papers_rows_and_the_rule(trained):
+def test_main_table_has_the_papers_rows_the_rule_and_the_schedule_baselines(trained):
     rows = read_main_table(trained["lake"])
     assert rows[0] == ["Order Type", "Min Period", "Mean (bps)", "Std (bps)", "Median (bps)", "P5 (bps)", "P95 (bps)",
                        "Q25 (bps)", "Q75 (bps)"]
@@ -89,7 +94,8 @@ def test_main_table_has_the_papers_rows_and_the_rule(trained):
     want = ([("TWAP Notional", "All"), ("TWAP Volume", "All")]
             + [("BUY", p) for p in periods] + [("BUY", "Match VWAP")]
             + [("SELL", p) for p in periods] + [("SELL", "Match VWAP")]
-            + [("RULE BUY", p) for p in periods] + [("RULE SELL", p) for p in periods])
+            + [("RULE BUY", p) for p in periods] + [("RULE SELL", p) for p in periods]
+            + [("VWAP Profile", "All"), ("Almgren-Chriss", "All")])
     assert keys == want
     out = trained["lake"].evaluation_dir("equity")
     for stem in ("equity_daily_detail_min7", "equity_daily_detail_match"):
@@ -173,3 +179,90 @@ def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(traine
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/summary.json", "evaluation/equity_daily_paired.csv"} <= artifacts
     assert "| Rule | BUY | 6 |" in meta["vs_rule"].value
+
+
+def test_every_strategy_in_the_trade_log_reproduces_its_table_row(trained):
+    out = trained["lake"].evaluation_dir("equity")
+    summary = json.loads((out / "summary.json").read_text())
+    trades = pl.read_parquet(out / TRADE_LOG_FILE)
+    index = pl.read_parquet(out / TEST_INDEX_FILE)
+    rows = {(r["order"], r["min_period"]): r for r in summary["rows"]}
+    with open(out / "equity_daily_main.csv") as f:
+        table = {(r[0], r[1]): [float(x) for x in r[2:]] for r in list(csv.reader(f))[1:]}
+    assert set(rows) == set(table)
+    for order, (strategy, side, target) in TABLE_ORDERS.items():
+        for (o, m), stats in table.items():
+            if o != order:
+                continue
+            part = trades.filter((pl.col("strategy") == strategy) & (pl.col("side") == side)
+                                 & (pl.col("target") == target) & (pl.col("min_period") == m))
+            assert sorted(part["window"].to_list()) == index["row"].to_list(), (o, m)  # every test window, once
+            values = part["slippage_bps"].cast(pl.Float64).to_numpy()
+            assert abs(values.mean() - stats[0]) <= 1e-6 and abs(values.std() - stats[1]) <= 1e-6, (o, m)
+            assert part["arrival_bps"].cast(pl.Float64).mean() == pytest.approx(rows[(o, m)]["arrival_mean"], abs=1e-6)
+    # Net of costs at 1% ADV, the LEM's Match VWAP buy row: the summary's numbers are the log's.
+    net = next(r for r in summary["net"]["0.01"] if (r["order"], r["min_period"]) == ("BUY", "Match VWAP"))
+    part = trades.filter((pl.col("strategy") == "LEM") & (pl.col("side") == "BUY") & (pl.col("target") == "volume")
+                         & (pl.col("min_period") == "Match VWAP"))
+    assert part["net_slippage_bps@0.01"].cast(pl.Float64).mean() == pytest.approx(net["mean"], abs=1e-6)
+    assert part["fill_rate@0.01"].cast(pl.Float64).mean() == pytest.approx(net["fill_rate"], abs=1e-6)
+    # Costs only ever make a buy dearer and a sell cheaper.
+    for side, worse in (("BUY", 1), ("SELL", -1)):
+        rows_ = trades.filter(pl.col("side") == side)
+        for size in ("0.001", "0.01", "0.05"):
+            delta = (rows_[f"net_arrival_bps@{size}"] - rows_["arrival_bps"]).to_numpy() * worse
+            filled = rows_[f"fill_rate@{size}"].to_numpy() > 1 - 1e-6
+            assert filled.mean() > 0.9 and (delta[filled] > -1e-3).all(), (side, size)
+    # One row per (window, strategy, side, target, minimum period); real prices around the stocks'.
+    assert trades.select(["window", "strategy", "side", "target", "min_period"]).is_unique().all()
+    assert trades["allocation"].list.len().unique().to_list() == [N]
+    assert 1 < trades["arrival"].min() and trades["arrival"].max() < 1000
+
+
+def test_volume_profile_is_fitted_on_the_training_split_only(trained, tmp_path):
+    windows = tmp_path / "windows"
+    shutil.copytree(trained["lake"].windows_dir("equity"), windows)
+    test = WindowDataset(windows, "test")
+    index = read_index(windows, "test")
+    rows = np.arange(len(index))
+
+    def profile() -> np.ndarray:
+        baselines, _, fitted_on = fit_baselines(windows, 1440, rows, index, test.lookback, CostConfig())
+        assert fitted_on == len(WindowDataset(windows, "train"))
+        return baselines.profile
+
+    before = profile()
+    volume = np.load(bars_file(windows, "volume"))
+    at_test = (test.starts[:, None] + np.arange(N)).ravel()
+    rng = np.random.default_rng(0)
+    changed = volume.copy()
+    changed[at_test] *= rng.uniform(0.1, 10.0, len(at_test))
+    np.save(bars_file(windows, "volume"), changed)
+    assert np.array_equal(profile(), before)  # test-period volumes do not move the curve
+    train = WindowDataset(windows, "train")
+    changed[train.starts[:50]] *= 50.0  # the first bar of 50 training windows
+    np.save(bars_file(windows, "volume"), changed)
+    assert not np.allclose(profile(), before)  # training volumes do
+
+
+def test_costs_baselines_regimes_and_trade_log_in_mlflow_and_dagster(trained):
+    meta = latest(trained["instance"], "equity_evaluation")
+    out = trained["lake"].evaluation_dir("equity")
+    assert meta["trade_log"].value == str(out / TRADE_LOG_FILE)
+    assert "| VWAP Profile | All |" in meta["costs"].value and "Net mean @1% ADV" in meta["costs"].value
+    assert "| Almgren-Chriss | All |" in meta["main_table"].value
+    plots = meta["plots"].value
+    assert any(p.endswith("_net_vs_gross.png") for p in plots) and any(p.endswith("_baseline_curves.png") for p in plots)
+    files = {"trades.parquet", "equity_daily_costs.csv", "equity_daily_regimes.csv", "equity_daily_net_vs_gross.png",
+             "equity_daily_baseline_curves.png"} | {f"equity_daily_net_adv{s}.csv" for s in ("0_001", "0_01", "0_05")}
+    run = mlflow.get_run(meta["mlflow_run_id"].value)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
+    assert {f"evaluation/{f}" for f in files} <= artifacts
+    summary = json.loads((out / "summary.json").read_text())
+    twap = next(r for r in summary["net"]["0.01"] if r["order"] == "TWAP Volume")
+    assert run.data.metrics["test_net_0.01_twap_volume_mean_bps"] == pytest.approx(twap["mean"])
+    net = pl.read_csv(out / "equity_daily_net_adv0_01.csv")
+    assert net.filter(pl.col("Order Type") == "TWAP Volume")["Mean (bps)"][0] == pytest.approx(twap["mean"], abs=1e-6)
+    for path in (out / "equity_daily_net_vs_gross.png", out / "equity_daily_baseline_curves.png"):
+        image = mpimg.imread(path)
+        assert image.shape[0] > 100 and image.std() > 0.01  # a drawn figure, not a blank canvas
