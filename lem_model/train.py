@@ -16,7 +16,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +56,19 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA when available
     compile_recurrence: bool = False
     progress: bool = True
+    # Independent trainings, seeds seed, seed + 1, ..., seed + seeds - 1, so a comparison can
+    # tell a real difference from run-to-run noise (lem_pipeline.seed_training). One training
+    # never reads it: each seed trains with its own config, seeds=1 (:meth:`per_seed`).
+    seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, not {self.seeds}")
+
+    def per_seed(self) -> list[TrainConfig]:
+        """The k-th training's config, k = 0..seeds-1: ``seed + k`` and ``seeds=1``. A one-seed
+        config comes back as itself."""
+        return [replace(self, seed=self.seed + k, seeds=1) for k in range(self.seeds)]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -8,10 +8,12 @@ Layout under ``root`` (``LEM_DATA_DIR``, default ``./data``)::
     bars/{dataset}/{SYMBOL}_{freq}m.parquet      resampled bars per series
     windows/{dataset}/                           windows, targets and splits (lem_pipeline.windows)
     models/{name}/                               a trained model (lem_model.saved_model + windows.json)
+    models/{name}_seed{k}/                       the k-th extra seed of a several-seed training (seed_model_name)
     training/{name}/{key}/                       the state of a training in progress, keyed by its config and windows
                                                  (lem_pipeline.model_training.training_key): a killed run resumes
                                                  from it; removed when the training succeeds
-    evaluation/{name}/                           tables, plots and the slippage arrays
+    evaluation/{name}/                           tables, plots and the slippage arrays; with several seeds,
+                                                 seeds.json and seeds/seed_{k}/ (lem_pipeline.seed_spread)
 
 ``dataset`` is ``crypto`` or ``equity``; a model or evaluation ``name`` is a dataset or a
 variant of one (``equity-lookahead``).
@@ -32,6 +34,12 @@ from lem_pipeline.sources.binance import KlineStream
 
 SLIPPAGE_FILE = "slippage.npz"  # lem_model.evaluate.EvalArrays of the test split
 TEST_INDEX_FILE = "test_index.parquet"  # the test windows' rows of the windows index, in order
+
+
+def seed_model_name(name: str, k: int) -> str:
+    """The lake name of the k-th model of a several-seed training: the first is ``name`` itself
+    (the asset's model, where evaluation and ``lem schedule`` look), the others ``{name}_seed{k}``."""
+    return name if k == 0 else f"{name}_seed{k}"
 
 
 class DataLake(dg.ConfigurableResource):

@@ -36,6 +36,8 @@ from lem_pipeline.windows import read_index, read_meta, windows_digest
 
 RUN_FILE = "mlflow_run_id"  # in a training state directory: the MLflow run those epochs belong to
 RESUMED_TAG = "lem.resumed_at_epoch"  # on a run that resumed: the first epoch (from 1) it trained after the crash
+SEED_TAG = "lem.seed"  # on each child run of a several-seed training (lem_pipeline.seed_training): its seed
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the run a nested run belongs to
 # Training progress for a person at a terminal: `lem run` prints this logger (the Dagster run log
 # gets the same lines through the asset's context.log).
 PROGRESS = logging.getLogger("lem.progress")
@@ -56,28 +58,53 @@ def _flat(prefix: str, d: dict) -> dict[str, str]:
     return {f"{prefix}.{k}": str(v) for k, v in d.items()}
 
 
+def train_params(train_cfg: TrainConfig) -> dict:
+    """The training config as one training records it. ``seeds`` is left out at 1: it counts
+    trainings, so a one-seed run's parameters and training key are what they were before it
+    existed."""
+    params = dataclasses.asdict(train_cfg)
+    if train_cfg.seeds == 1:
+        del params["seeds"]
+    return params
+
+
+def experiment_name(dataset: str) -> str:
+    return f"lem-{dataset}"
+
+
+def asset_tags(run_id: str, asset_key: str, preset: Preset) -> dict[str, str]:
+    """The tags of a training asset's MLflow runs: which Dagster run and asset, which preset."""
+    return {"dagster.run_id": run_id, "dagster.asset_key": asset_key, "preset": preset.name, "lem.stage": "training"}
+
+
+def asset_run_name(dataset: str, causal: bool, run_id: str) -> str:
+    return f"{dataset}-{'causal' if causal else 'lookahead'}-{run_id[:8]}"
+
+
 @contextmanager
 def tracked_training(tracking: MLflowTracking, experiment: str, model: LargeExecutionModel, train_cfg: TrainConfig,
                      windows_meta: dict, *, tags: dict[str, str], run_name: str | None = None,
-                     params: dict[str, str] | None = None, resume_run_id: str | None = None
-                     ) -> Iterator[mlflow.ActiveRun]:
+                     params: dict[str, str] | None = None, resume_run_id: str | None = None,
+                     parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run holding the whole configuration as parameters (or, with ``resume_run_id``,
     the interrupted run reopened: its parameters are already there); it ends (failed, if the
-    block raised) however the block ends."""
-    with tracking.run(experiment, run_id=resume_run_id, run_name=run_name,
+    block raised) however the block ends. With ``parent_run_id`` (the active run) it is nested
+    under it."""
+    with tracking.run(experiment, run_id=resume_run_id, run_name=run_name, parent_run_id=parent_run_id,
                       tags={"git.commit": git_commit(), **tags}) as run:
         if resume_run_id is None:
             mlflow.log_params({**_flat("model", dataclasses.asdict(model.cfg)),
-                               **_flat("train", dataclasses.asdict(train_cfg)),
+                               **_flat("train", train_params(train_cfg)),
                                **_flat("windows", windows_meta["config"]), **(params or {})})
         yield run
 
 
-def training_key(model: LargeExecutionModel, train_cfg: TrainConfig, windows_dir: Path) -> str:
-    """What identifies one training: the model and training configs and the windows' content.
-    An interrupted run resumes only into a run with the same key (never onto other data)."""
-    what = {"model": dataclasses.asdict(model.cfg), "train": dataclasses.asdict(dataclasses.replace(train_cfg, progress=False)),
-            "windows": windows_digest(windows_dir)}
+def training_key(model_cfg: LEMConfig, train_cfg: TrainConfig, windows_dir: Path) -> str:
+    """What identifies one training (or, with ``seeds`` > 1, a set of seeds): the model and
+    training configs and the windows' content. An interrupted run resumes only into a run with
+    the same key (never onto other data)."""
+    what = {"model": dataclasses.asdict(model_cfg),
+            "train": train_params(dataclasses.replace(train_cfg, progress=False)), "windows": windows_digest(windows_dir)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -85,10 +112,19 @@ class TrainingInProgressError(RuntimeError):
     """Another live process is running this very training (same key): two must not share it."""
 
 
-def _resumable_run(state_dir: Path, tracking: MLflowTracking) -> str | None:
+def _resumable_run(state_dir: Path, tracking: MLflowTracking, parent_run_id: str | None = None) -> str | None:
     """The MLflow run of an interrupted training with saved epochs in ``state_dir``, if any."""
+    if not (state_dir / TRAINING_STATE).is_file():
+        return None
+    return reopenable_run(state_dir, tracking, parent_run_id)
+
+
+def reopenable_run(state_dir: Path, tracking: MLflowTracking, parent_run_id: str | None = None) -> str | None:
+    """The MLflow run named in ``state_dir``/RUN_FILE, to be reopened, if it still exists and
+    belongs to ``parent_run_id`` (None: to no parent); a run from another parent is left alone
+    (the saved epochs resume in a new run). Refuses a run a live process is training."""
     run_file = state_dir / RUN_FILE
-    if not ((state_dir / TRAINING_STATE).is_file() and run_file.is_file()):
+    if not run_file.is_file():
         return None
     run_id = run_file.read_text().strip()
     if not tracking.has_run(run_id):
@@ -97,7 +133,7 @@ def _resumable_run(state_dir: Path, tracking: MLflowTracking) -> str | None:
     if tags.get(MLFLOW_PID_TAG) and tracking.run_status(run_id) == "RUNNING" and mlflow_run_alive(tags):
         raise TrainingInProgressError(f"{state_dir}: MLflow run {run_id} is training this model on these windows "
                                       f"now (pid {tags[MLFLOW_PID_TAG]}); wait for it or stop it")
-    return run_id
+    return run_id if tags.get(PARENT_TAG) == parent_run_id else None
 
 
 class EpochProgress:
@@ -127,15 +163,17 @@ class TrainedModel:
     model_dir: Path  # lem_pipeline.trained_model layout
     result: TrainResult
     parameters: int
-    registered: str  # "name/version" in the MLflow model registry
+    registered: str | None  # "name/version" in the MLflow model registry; None: not registered
 
 
 def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: TrainConfig, *, name: str,
-                     tracking: MLflowTracking, experiment: str, out: Path, state_dir: Path, registered: str,
-                     tags: dict[str, str], run_name: str, params: dict[str, str], log: Callable[[str], None]
-                     ) -> TrainedModel:
-    """Train ``model`` on the windows (``name``: the dataset) in one MLflow run; save it to ``out``,
-    log it and register it as a new version of ``registered``.
+                     tracking: MLflowTracking, experiment: str, out: Path, state_dir: Path, registered: str | None,
+                     tags: dict[str, str], run_name: str, params: dict[str, str], log: Callable[[str], None],
+                     parent_run_id: str | None = None) -> TrainedModel:
+    """Train ``model`` on the windows (``name``: the dataset) in one MLflow run (nested under
+    the active run ``parent_run_id``, if given); save it to ``out``, log it and register it as a
+    new version of ``registered`` (None: the saved model is the run's only model, registered
+    nowhere).
 
     ``state_dir`` holds the per-epoch training state and the run's id: a run killed after some
     epochs resumes from the last one, in the same MLflow run, when called again with the same
@@ -144,9 +182,9 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
     train_set, val_set = windows_splits(windows_dir)
     meta = train_set.meta
     tracking.fail_dead_runs([experiment])  # a killed run of this experiment is FAILED, not RUNNING
-    resume_id = _resumable_run(state_dir, tracking)
+    resume_id = _resumable_run(state_dir, tracking, parent_run_id)
     with tracked_training(tracking, experiment, model, train_cfg, meta, tags=tags, run_name=run_name,
-                          params=params, resume_run_id=resume_id) as run:
+                          params=params, resume_run_id=resume_id, parent_run_id=parent_run_id) as run:
         if resume_id is None:
             index = read_index(windows_dir)
             for split, context_name in (("train", "training"), ("val", "validation")):
@@ -172,32 +210,37 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
         model.cpu()
         save_trained(model, windows_dir, out, run.info.run_id)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`
-        model_uri, version = log_model(model, train_set, registered)
+        if registered is None:
+            model_uri, version = f"runs:/{run.info.run_id}/{MLFLOW_ARTIFACT}", None
+        else:
+            model_uri, version = log_model(model, train_set, registered)
     shutil.rmtree(state_dir, ignore_errors=True)  # the run succeeded: its resumable state is done with
     return TrainedModel(run.info.run_id, run.info.experiment_id, model_uri, out, result, model.num_parameters(),
                         version)
 
 
 def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: bool, preset: Preset, lake: DataLake,
-                    tracking: MLflowTracking, run_id: str, asset_key: str, log: Callable[[str], None]) -> TrainedModel:
-    """A fresh model trained on ``dataset``'s windows as ``name`` in the lake, for the Dagster run
-    ``run_id``: what the training and research assets share. A training of the same model on the
-    same windows that was killed resumes from its last epoch."""
+                    tracking: MLflowTracking, run_id: str, asset_key: str, log: Callable[[str], None],
+                    parent_run_id: str | None = None, register: bool = True) -> TrainedModel:
+    """A fresh model trained (seed ``train_cfg.seed``) on ``dataset``'s windows as ``name`` in the
+    lake, for the Dagster run ``run_id``: what the training and research assets share. A
+    training of the same model on the same windows that was killed resumes from its last epoch.
+    ``parent_run_id`` and ``register``: for one seed of several (lem_pipeline.seed_training)."""
     torch.set_num_threads(settings.thread_budget())
     windows = lake.windows_dir(dataset)
     model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal, **preset.model_switches)
-    tags = {"dagster.run_id": run_id, "dagster.asset_key": asset_key, "preset": preset.name, "lem.stage": "training"}
+    tags = asset_tags(run_id, asset_key, preset) | ({SEED_TAG: str(train_cfg.seed)} if parent_run_id else {})
+    run_name = asset_run_name(dataset, causal, run_id) + (f"-seed{train_cfg.seed}" if parent_run_id else "")
 
     def log_both(message: str) -> None:
         log(message)
         PROGRESS.info(f"{name}: {message}")
 
     return train_on_windows(
-        model, windows, train_cfg, name=dataset, tracking=tracking, experiment=f"lem-{dataset}",
-        out=lake.model_dir(name), state_dir=lake.training_state_dir(name, training_key(model, train_cfg, windows)),
-        registered=registered_name(name), tags=tags,
-        run_name=f"{dataset}-{'causal' if causal else 'lookahead'}-{run_id[:8]}",
-        params={"preset": preset.name, "dataset": dataset}, log=log_both)
+        model, windows, train_cfg, name=dataset, tracking=tracking, experiment=experiment_name(dataset),
+        out=lake.model_dir(name), state_dir=lake.training_state_dir(name, training_key(model.cfg, train_cfg, windows)),
+        registered=registered_name(name) if register else None, tags=tags, run_name=run_name,
+        params={"preset": preset.name, "dataset": dataset}, log=log_both, parent_run_id=parent_run_id)
 
 
 def log_model(model: LargeExecutionModel, data: WindowDataset, registered: str) -> tuple[str, str]:

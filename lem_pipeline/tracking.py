@@ -47,14 +47,16 @@ class MLflowTracking(dg.ConfigurableResource):
 
     @contextmanager
     def run(self, experiment: str, *, run_id: str | None = None, run_name: str | None = None,
-            tags: dict[str, str] | None = None) -> Iterator:
-        """A new run in ``experiment`` or, with ``run_id``, the existing one reopened. The run
-        records this process (lem_pipeline.run_health): if it dies, the next ``lem run`` marks
-        the run FAILED instead of leaving it RUNNING; if the block raises, it ends FAILED."""
+            tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> Iterator:
+        """A new run in ``experiment`` or, with ``run_id``, the existing one reopened; with
+        ``parent_run_id`` (the active run) nested under it. The run records this process
+        (lem_pipeline.run_health): if it dies, the next ``lem run`` marks the run FAILED instead
+        of leaving it RUNNING; if the block raises, it ends FAILED."""
         mlflow = self._mlflow()
         exp_id = self.experiment_id(experiment)
         process = mlflow_process_tags()
         with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                              nested=parent_run_id is not None, parent_run_id=parent_run_id,
                               tags={**(tags or {}), **process}) as active:
             yield active
 

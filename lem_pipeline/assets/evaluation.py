@@ -10,6 +10,7 @@ from lem_pipeline.materializations import latest_metadata
 from lem_pipeline.model_evaluation import evaluate_on_test
 from lem_pipeline.presets import DATASETS, Preset
 from lem_pipeline.registry import CHAMPION, promote, registered_name
+from lem_pipeline.seed_spread import evaluate_seeds
 from lem_pipeline.tracking import MLflowTracking
 
 ALLOC_CHECK = "allocations_feasible"
@@ -36,6 +37,15 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                                       tracking=mlflow, experiment=f"lem-{dataset}", run_id=trained["mlflow_run_id"],
                                       costs=preset.costs)
             ev = result.arrays
+            # Several seeds (training's seed_runs): each evaluated the same way, and the spread.
+            seeds = {}
+            if len(trained.get("seed_runs") or []) > 1:
+                spread = evaluate_seeds(dataset, trained["seed_runs"], result, lake.windows_dir(dataset), out,
+                                        batch_size=preset.training.batch_size, device=preset.training.device,
+                                        tracking=mlflow, experiment=f"lem-{dataset}",
+                                        parent_run_id=trained["mlflow_parent_run_id"])
+                seeds = {"seed_spread": dg.MetadataValue.md(spread.markdown),
+                         "seeds_file": dg.MetadataValue.path(str(spread.path))}
             champion = None
             if result.feasible:
                 champion = promote(mlflow.tracking_uri, registered_name(dataset), trained["mlflow_run_id"])
@@ -56,6 +66,7 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                     "path": dg.MetadataValue.path(str(out)),
                     "champion": f"models:/{registered_name(dataset)}@{CHAMPION} = version {champion}" if champion
                     else "not promoted: allocations infeasible",
+                    **seeds,
                 },
                 check_results=[dg.AssetCheckResult(check_name=ALLOC_CHECK, passed=result.feasible, metadata={
                     "all_finite": ev.all_finite, "max_abs_sum_error": ev.max_sum_error})],

@@ -1,5 +1,6 @@
-"""Training: one LEM per dataset on its windows, tracked as an MLflow run. The materialisation's
-metadata (run id, model directory) is what evaluation reads: the handoff is the asset graph."""
+"""Training: one LEM per dataset on its windows, tracked as an MLflow run (or, with ``seeds`` >
+1, one child run per seed under a parent run). The materialisation's metadata (run id, model
+directory; with seeds, ``seed_runs``) is what evaluation reads: the handoff is the asset graph."""
 
 import dataclasses
 
@@ -9,9 +10,9 @@ from dagster import AssetExecutionContext
 
 from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
-from lem_pipeline.model_training import train_for_asset
 from lem_pipeline.presets import DATASETS, Preset
 from lem_pipeline.reporting import markdown
+from lem_pipeline.seed_training import train_seeds_for_asset
 from lem_pipeline.tracking import MLflowTracking
 
 
@@ -22,6 +23,7 @@ class TrainingRunConfig(dg.Config):
     lr: float | None = None
     batch_size: int | None = None
     seed: int | None = None
+    seeds: int | None = None  # > 1: that many trainings, seeds seed..seed+seeds-1 (lem_pipeline.seed_training)
     causal: bool = True  # False reproduces the reference's one-bar look-ahead, to measure it
     compile_recurrence: bool = False
 
@@ -29,15 +31,21 @@ class TrainingRunConfig(dg.Config):
 def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, config: TrainingRunConfig,
                   lake: DataLake, tracking: MLflowTracking) -> dg.MaterializeResult:
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr), ("batch_size", config.batch_size),
-                                   ("seed", config.seed)) if v is not None}
+                                   ("seed", config.seed), ("seeds", config.seeds)) if v is not None}
     tcfg = dataclasses.replace(preset.training, **overrides, compile_recurrence=config.compile_recurrence,
                                progress=False)
-    trained = train_for_asset(dataset, dataset, tcfg, causal=config.causal, preset=preset, lake=lake,
-                              tracking=tracking, run_id=context.run.run_id,
-                              asset_key=context.asset_key.to_user_string(), log=context.log.info)
+    seeded = train_seeds_for_asset(dataset, dataset, tcfg, causal=config.causal, preset=preset, lake=lake,
+                                   tracking=tracking, run_id=context.run.run_id,
+                                   asset_key=context.asset_key.to_user_string(), log=context.log.info)
+    trained = seeded.model
     result = trained.result
     history = pl.DataFrame([{k: v for k, v in h.items() if k in ("epoch", "loss", "val_loss", "lr")}
                             for h in result.history])
+    seeds = {} if seeded.parent_run_id is None else {
+        "seed_runs": dg.MetadataValue.json(seeded.seed_runs()),
+        "mlflow_parent_run_id": seeded.parent_run_id,
+        "mlflow_parent_run": dg.MetadataValue.url(tracking.run_url(trained.experiment_id, seeded.parent_run_id)),
+    }
     return dg.MaterializeResult(metadata={
         "mlflow_run_id": trained.run_id,
         "mlflow_experiment_id": trained.experiment_id,
@@ -50,6 +58,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
         "model_dir": dg.MetadataValue.path(str(trained.model_dir)),
         "registered_model": trained.registered,
         "resumed_at_epoch": 0 if result.resumed_from_epoch is None else result.resumed_from_epoch + 1,  # 0: not resumed
+        **seeds,
     })
 
 
