@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import polars as pl
 
+from lem_model.costs import CostConfig
 from lem_model.fileio import atomic_write_text
 from lem_pipeline import reporting
 from lem_pipeline.model_evaluation import EVALUATION_ARTIFACT, Evaluation, evaluate_on_test
@@ -81,7 +82,7 @@ class SeedSpread:
 
 def evaluate_seeds(name: str, seed_runs: list[dict], first: Evaluation, windows_dir: Path, out: Path, *,
                    batch_size: int, device: str, tracking: MLflowTracking, experiment: str,
-                   parent_run_id: str) -> SeedSpread:
+                   parent_run_id: str, costs: CostConfig = CostConfig()) -> SeedSpread:
     """Evaluate every seed after the first (``first``: its evaluation, already in ``out``) as the
     first was (:func:`lem_pipeline.model_evaluation.evaluate_on_test`, lineage checked, logged to
     its own run) into ``out``/seeds/seed_{k}; write seeds.json and log the spread to the parent
@@ -90,7 +91,7 @@ def evaluate_seeds(name: str, seed_runs: list[dict], first: Evaluation, windows_
     for k, entry in enumerate(seed_runs[1:], start=1):
         evaluations.append(evaluate_on_test(name, Path(entry["model_dir"]), windows_dir, out / SEEDS_DIR / f"seed_{k}",
                                             batch_size=batch_size, device=device, tracking=tracking,
-                                            experiment=experiment, run_id=entry["mlflow_run_id"]))
+                                            experiment=experiment, run_id=entry["mlflow_run_id"], costs=costs))
     spread = aggregate([e.headline for e in evaluations])
     path = write_seeds(out, seed_runs, spread)
     with tracking.run(experiment, run_id=parent_run_id):

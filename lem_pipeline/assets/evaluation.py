@@ -43,7 +43,7 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
                 spread = evaluate_seeds(dataset, trained["seed_runs"], result, lake.windows_dir(dataset), out,
                                         batch_size=preset.training.batch_size, device=preset.training.device,
                                         tracking=mlflow, experiment=f"lem-{dataset}",
-                                        parent_run_id=trained["mlflow_parent_run_id"])
+                                        parent_run_id=trained["mlflow_parent_run_id"], costs=preset.costs)
                 seeds = {"seed_spread": dg.MetadataValue.md(spread.markdown),
                          "seeds_file": dg.MetadataValue.path(str(spread.path))}
             champion = None
