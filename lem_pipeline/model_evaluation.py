@@ -54,13 +54,14 @@ class Evaluation:
 
 
 def fit_baselines(windows_dir: Path, freq_min: int, test_rows: np.ndarray, test_index: pl.DataFrame,
-                  lookback: int, costs: CostConfig) -> tuple[ScheduleBaselines, tuple[float, float], int]:
+                  costs: CostConfig) -> tuple[ScheduleBaselines, tuple[float, float], int]:
     """For one frequency's test windows: the schedule baselines (the volume profile fitted on the
     training windows of that frequency alone), the volatility terciles of those training windows
     (the regime cuts) and how many training windows they rest on. Without training windows (an
     evaluation universe with no history before its test start), the profile is flat (TWAP) and
     the cuts are the test windows' own terciles; the summary's ``volume_profile_windows`` says 0."""
-    N = int(WindowDataset(windows_dir, "test").n_ahead)
+    test = WindowDataset(windows_dir, "test")
+    N = test.n_ahead
     train = WindowDataset(windows_dir, "train")
     train_index = read_index(windows_dir, "train")
     rows = np.nonzero(train_index["freq_min"].to_numpy() == freq_min)[0]
@@ -71,9 +72,9 @@ def fit_baselines(windows_dir: Path, freq_min: int, test_rows: np.ndarray, test_
         sigma = trailing_sigma(train, rows, freq_min, costs)
     else:
         profile = VolumeProfile({}, np.full(N, 1.0 / N))
-        sigma = trailing_sigma(WindowDataset(windows_dir, "test"), test_rows, freq_min, costs)
+        sigma = trailing_sigma(test, test_rows, freq_min, costs)
     cuts = tuple(float(c) for c in np.nanpercentile(sigma, [100 / 3, 200 / 3])) if len(sigma) else (0.0, 0.0)
-    return ScheduleBaselines(profile.schedules(phases), freq_min, lookback, costs), cuts, len(rows)
+    return ScheduleBaselines(profile.schedules(phases), freq_min, test.lookback, costs), cuts, len(rows)
 
 
 def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, out: Path, *, batch_size: int,
@@ -96,7 +97,7 @@ def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, o
         log = TradeLog(tmp / TRADE_LOG_FILE, costs, fee)
         fits = {}
         for freq, rows in groups.items():
-            baselines, cuts, fitted_on = fit_baselines(windows_dir, freq, rows, index[rows], test.lookback, costs)
+            baselines, cuts, fitted_on = fit_baselines(windows_dir, freq, rows, index[rows], costs)
             fits[freq] = fitted_on
             group = GroupContext(test, rows, index[rows], freq, cuts)
             per_freq[freq] = evaluate(model, Subset(test, rows.tolist()), min_rate=1.0 / model.cfg.n_ahead**2,

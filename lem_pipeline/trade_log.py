@@ -25,9 +25,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import torch
 
-from lem_model.costs import CostConfig, trailing_bars
+from lem_model.costs import CostConfig, market_context, trailing_bars
 from lem_model.evaluate import Batch
-from lem_model.ledger import PROFILE, ALMGREN_CHRISS, LEM, RULE, TWAP, model_orders, order_records, whole_horizon_orders
+from lem_model.ledger import ALMGREN_CHRISS, LEM, PROFILE, RULE, TWAP, model_orders, order_records, whole_horizon_orders
 from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
 
@@ -47,8 +47,6 @@ def window_phases(index: pl.DataFrame, freq_min: int) -> np.ndarray:
 
 def trailing_sigma(data: WindowDataset, rows: np.ndarray, freq_min: int, cfg: CostConfig) -> np.ndarray:
     """The daily volatility each window's context has (lem_model.costs.market_context), from the bars."""
-    from lem_model.costs import market_context
-
     span = trailing_bars(data.lookback, freq_min, cfg)
     at = data.starts[rows][:, None] - span + np.arange(span)
     ctx = market_context(torch.from_numpy(data.bars.vwap[at]), torch.from_numpy(data.bars.volume[at]), freq_min)

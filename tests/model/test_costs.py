@@ -128,3 +128,26 @@ def test_volume_profile_by_phase():
     assert profile.curves[0].tolist() == pytest.approx([0.25, 0.75])
     assert profile.curves[1].tolist() == pytest.approx([0.625, 0.375])
     np.testing.assert_allclose(profile.schedules(np.array([1, 7])), [[0.625, 0.375], [0.5, 0.5]])
+
+
+def test_without_costs_net_is_the_tables_gross_slippage():
+    # The early-stop rule's orders (uneven, early-finishing schedules) on random bars: with no impact,
+    # no fees and a cap that never binds, the net columns are the tables' slippage_bps.
+    from lem_model.baselines import early_stop_rule
+    from lem_model.ledger import RULE, model_orders
+    from lem_model.metrics import slippage_bps
+
+    g = torch.Generator().manual_seed(0)
+    B, N = 64, 12
+    prices = (1 + 0.01 * torch.randn(B, N, generator=g, dtype=torch.float64)).cumprod(1)
+    volumes = torch.rand(B, N, generator=g, dtype=torch.float64) + 0.1
+    alloc = early_stop_rule(prices, N + 1)
+    orders = model_orders(RULE, alloc, slippage_bps(alloc, volumes, prices).float(), N)
+    free = CostConfig(order_sizes=(0.01,), impact_coefficient=0.0, participation_cap=1.0)
+    # An ADV far below every bar's volume: the orders are tiny against each bar, so the cap never binds.
+    ctx = MarketContext(adv=torch.full((B,), 1e-9, dtype=torch.float64), sigma_daily=torch.zeros(B, dtype=torch.float64),
+                        arrival=prices[:, 0], trend=torch.zeros(B, dtype=torch.float64))
+    rec = order_records(orders, volumes, prices, ctx, free, fee=0.0)
+    np.testing.assert_allclose(rec["net_slippage_bps@0.01"], rec["slippage_bps"], atol=2e-3)
+    assert (rec["fill_rate@0.01"] == 1).all()
+    assert np.abs(rec["slippage_bps"]).max() > 10  # the schedules do differ from their benchmarks

@@ -227,7 +227,7 @@ def test_volume_profile_is_fitted_on_the_training_split_only(trained, tmp_path):
     rows = np.arange(len(index))
 
     def profile() -> np.ndarray:
-        baselines, _, fitted_on = fit_baselines(windows, 1440, rows, index, test.lookback, CostConfig())
+        baselines, _, fitted_on = fit_baselines(windows, 1440, rows, index, CostConfig())
         assert fitted_on == len(WindowDataset(windows, "train"))
         return baselines.profile
 

@@ -1,0 +1,22 @@
+"""RESULTS.md's comparison with the paper: the paper's Table 1 rows beside ours, row by row."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lem_model.evaluate import EvalArrays
+from lem_pipeline.commands.results import _paper_table
+from lem_pipeline.paper_results import PAPER_TABLE_1
+
+
+def test_papers_table_1_sits_beside_our_rows():
+    rng = np.random.default_rng(0)
+    n, N = 50, 12
+    ev = EvalArrays(rng.normal(size=(n, N + 1, 4, 2)).astype(np.float32), rng.normal(size=(n, N + 1, 4, 2)),
+                    rng.normal(size=n), rng.normal(size=n), np.zeros((N, N + 1, 4, 2)), 0.0, True)
+    lines = _paper_table(ev).splitlines()
+    assert len(lines) == 2 + len(PAPER_TABLE_1) == 2 + 2 + 2 * (N + 1)
+    buy6 = next(line for line in lines if line.startswith("| BUY | 6 |"))
+    ours = ev.model_bps[:, 5, 0, 0].astype(np.float64)  # buy VWAP, volume target, minimum period 6
+    assert buy6 == f"| BUY | 6 | -29.14 | 88.85 | {ours.mean():.2f} | {ours.std():.2f} |"
+    assert "| SELL | Match VWAP | 9.67 | 53.86 |" in _paper_table(ev)
