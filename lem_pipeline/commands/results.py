@@ -23,7 +23,11 @@ from lem_pipeline.evaluation_summary import summary_name
 from lem_pipeline.reporting import costs_frame, frequency_label, markdown, stats_frame
 from lem_pipeline.windows import read_index, read_meta, window_counts
 
-HOW = "`lem run && lem lookahead && lem results`"
+def how(preset: str, out: Path) -> str:
+    """The commands that produce a results file, as a reader would type them."""
+    flag = "" if preset == "demo" else f" --preset {preset}"
+    dest = "" if out.name == "RESULTS.md" else f" --out {out.name}"
+    return f"`lem run{flag} && lem lookahead{flag} && lem results{flag}{dest}`"
 
 
 def _lookahead_table(causal: EvalArrays, lookahead: EvalArrays, val: dict[bool, float]) -> str:
@@ -159,7 +163,7 @@ def generate(local, lake: DataLake, out: Path) -> None:
     parts = [
         f"# Results ({preset.name} preset)",
         "",
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by {HOW} (see README; offline: with "
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by {how(preset.name, out)} (see README; offline: with "
         "`LEM_BINANCE_URL` and `LEM_YAHOO_DIR` pointing at `../shared/data`). Every number below was measured by "
         "those commands on this repository's code; nothing was tuned on the test split.",
         "",
