@@ -43,14 +43,14 @@ class CostConfig:
     fee_bps: tuple[tuple[str, float], ...] = (("equity", 1.0), ("crypto", 10.0))  # per venue (dataset)
     adv_days: int = 20  # trailing days of the ADV and of the daily volatility (at most the lookback)
     risk_aversion: float = 0.1  # Almgren-Chriss lambda, per unit of the order's notional
-    reference_size: float = 0.01  # the order size the Almgren-Chriss schedule is solved for
+    almgren_chriss_size: float = 0.01  # the order size the Almgren-Chriss schedule is solved for
 
     def __post_init__(self) -> None:
         if not self.order_sizes or any(s <= 0 for s in self.order_sizes):
             raise ValueError(f"order_sizes must be positive fractions of ADV, got {self.order_sizes}")
         if not 0 < self.participation_cap <= 1:
             raise ValueError(f"participation_cap must be in (0, 1], got {self.participation_cap}")
-        if self.impact_coefficient < 0 or self.risk_aversion < 0 or self.adv_days < 1 or self.reference_size <= 0:
+        if self.impact_coefficient < 0 or self.risk_aversion < 0 or self.adv_days < 1 or self.almgren_chriss_size <= 0:
             raise ValueError(f"bad cost config {self}")
 
     def fees(self, dataset: str) -> float:
@@ -78,7 +78,7 @@ class MarketContext:
 
 def trailing_bars(lookback: int, freq_min: int, cfg: CostConfig) -> int:
     """How many bars before execution the context reads: ``adv_days`` of them, at most the lookback."""
-    return max(2, min(lookback, int(round(cfg.adv_days * bars_per_day(freq_min)))))
+    return max(3, min(lookback, int(round(cfg.adv_days * bars_per_day(freq_min)))))  # two returns, a std
 
 
 def market_context(prices: torch.Tensor, volumes: torch.Tensor, freq_min: int) -> MarketContext:
@@ -145,9 +145,10 @@ def execute(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, ct
     sign = torch.where(side == Side.BUY, 1.0, -1.0).to(alloc.dtype)
     p = _expand(prices, alloc)
     paid = p * (1 + sign * (impact + fee))
-    traded = (fills * p).sum(1)  # notional per unit of order
+    notional_filled = torch.where(notional, fills, fills * p)  # a notional order's fills are already notional
+    traded = notional_filled.sum(1)
     safe = traded.clamp(min=1e-300)
-    return Execution(fills, paid, fills.sum(1), (fills * p * impact).sum(1) / safe * 1e4,
+    return Execution(fills, paid, fills.sum(1), (notional_filled * impact).sum(1) / safe * 1e4,
                      torch.where(traded > 0, fee * 1e4, 0.0).to(alloc.dtype).expand_as(traded).clone())
 
 
@@ -180,12 +181,12 @@ def benchmark_vwap(mask: torch.Tensor, volumes: torch.Tensor, prices: torch.Tens
 
 def almgren_chriss(sigma_daily: torch.Tensor, n_steps: int, freq_min: int, cfg: CostConfig) -> torch.Tensor:
     """(B, N): the Almgren-Chriss schedule of each window for the impact model above, linearised
-    at TWAP's child size at ``cfg.reference_size``: temporary impact eta n^2 per child of fraction
+    at TWAP's child size at ``cfg.almgren_chriss_size``: temporary impact eta n^2 per child of fraction
     n with eta = Y sigma_daily sqrt(s N), price variance sigma_daily^2 / bars_per_day per bar, risk
     aversion lambda. Holdings x_k = sinh(kappa (N-k)) / sinh(kappa N), cosh(kappa) = 1 + lambda
     sigma_bar^2 / (2 eta); kappa -> 0 (no risk aversion, no volatility) is TWAP."""
     sigma = sigma_daily.double()
-    eta = cfg.impact_coefficient * sigma * math.sqrt(cfg.reference_size * n_steps)
+    eta = cfg.impact_coefficient * sigma * math.sqrt(cfg.almgren_chriss_size * n_steps)
     var_bar = sigma**2 / bars_per_day(freq_min)
     ratio = torch.where(eta > 0, cfg.risk_aversion * var_bar / (2 * eta.clamp(min=1e-300)), 0.0)
     kappa = torch.acosh(1 + ratio)  # (B,)

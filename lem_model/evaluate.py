@@ -99,10 +99,7 @@ class Batch:
     rule_alloc: torch.Tensor
     profile: torch.Tensor  # (B, N)
     almgren_chriss: torch.Tensor | None  # (B, N), when costs are on
-    model_bps: torch.Tensor  # (B, N+1, 4, 2)
-    rule_bps: torch.Tensor
-    twap_volume_bps: torch.Tensor  # (B,)
-    twap_notional_bps: torch.Tensor
+    slippage: dict[str, torch.Tensor]  # the tables' per-window numbers of this batch, by EvalArrays field
 
 
 @torch.no_grad()
@@ -132,7 +129,7 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
         per_window["twap_volume_bps"], per_window["twap_notional_bps"] = (t.float() for t in twap_baselines(vol, px))
         if baselines is not None:
             x, vol, px, alloc, rule = x.cpu(), vol.cpu(), px.cpu(), alloc.cpu(), rule.cpu()
-            per_window = {k: v.cpu() for k, v in per_window.items()}
+            per_window = {k: v.cpu() for k, v in per_window.items()}  # (a no-op on the CPU)
             L, span = baselines.lookback, trailing_bars(baselines.lookback, baselines.freq_min, baselines.costs)
             ctx = market_context(x[:, L - span:L, -2], x[:, L - span:L, -1], baselines.freq_min)
             profile = torch.from_numpy(baselines.profile[n:n + B]).double()
@@ -142,8 +139,7 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
                 ac = almgren_chriss(ctx.sigma_daily, N, baselines.freq_min, baselines.costs)
                 per_window["almgren_chriss_bps"] = schedule_slippage_bps(ac, vol, px).float()
             if on_batch is not None:
-                on_batch(Batch(n, vol, px, ctx, alloc, rule, profile, ac, per_window["model_bps"], per_window["rule_bps"],
-                               per_window["twap_volume_bps"], per_window["twap_notional_bps"]))
+                on_batch(Batch(n, vol, px, ctx, alloc, rule, profile, ac, per_window))
         for k, v in per_window.items():
             parts[k].append(v.cpu().numpy())
         n += B

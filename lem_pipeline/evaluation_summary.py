@@ -145,7 +145,7 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
         out["costs"] = {"enabled": costs.enabled, "order_sizes": list(costs.order_sizes),
                         "participation_cap": costs.participation_cap, "impact_coefficient": costs.impact_coefficient,
                         "fee_bps": fee_bps, "adv_days": costs.adv_days, "risk_aversion": costs.risk_aversion,
-                        "almgren_chriss_size": costs.reference_size, "volume_profile_windows": profile_windows}
+                        "almgren_chriss_size": costs.almgren_chriss_size, "volume_profile_windows": profile_windows}
     for key, baseline in PAIRED_KEYS.items():
         out[key] = [{"side": side, "min_period": m, "advantage_bps": _number(p.mean),
                      "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),

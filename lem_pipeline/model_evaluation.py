@@ -30,7 +30,7 @@ from lem_pipeline.lake import SLIPPAGE_FILE, TEST_INDEX_FILE
 from lem_pipeline.trade_log import TRADE_LOG_FILE, GroupContext, TradeLog, trailing_sigma, window_phases
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.trained_model import check_lineage
-from lem_pipeline.windows import read_index
+from lem_pipeline.windows import DATASET_BY_SEASONALITY, read_index
 
 EVALUATION_ARTIFACT = "evaluation"  # the MLflow artifact folder of an evaluation's files
 
@@ -78,16 +78,16 @@ def fit_baselines(windows_dir: Path, freq_min: int, test_rows: np.ndarray, test_
 
 
 def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, out: Path, *, batch_size: int,
-                     device: str, costs: CostConfig = CostConfig(), venue: str | None = None) -> Evaluation:
+                     device: str, costs: CostConfig = CostConfig()) -> Evaluation:
     """Evaluate ``model`` on the test windows of ``windows_dir`` and write everything to ``out``
     (replaced whole, never half-written): the slippage arrays, the test index and the trade log,
     and per frequency the paper's tables, the cost, regime and paired tables, summary.json and
     the plots. The one evaluation that both the pipeline (:func:`evaluate_on_test`) and
-    ``lem evaluate`` run. ``venue`` (default ``name``) picks the fee of ``costs``."""
+    ``lem evaluate`` run. The fee is that of the windows' dataset (equity or crypto)."""
     torch.set_num_threads(settings.thread_budget())
     test = WindowDataset(windows_dir, "test")
     index = read_index(windows_dir, "test")
-    fee = costs.fees(venue or name) if costs.enabled else 0.0
+    fee = costs.fees(DATASET_BY_SEASONALITY[test.meta["config"]["seasonality"]]) if costs.enabled else 0.0
 
     freqs = index["freq_min"].to_numpy()
     # One evaluation per frequency, so each frequency's mean execution curve is its own.
@@ -145,15 +145,14 @@ def log_evaluation(result: Evaluation, out: Path) -> None:
 
 
 def evaluate_on_test(name: str, model_dir: Path, windows_dir: Path, out: Path, *, batch_size: int, device: str,
-                     tracking: MLflowTracking, experiment: str, run_id: str, costs: CostConfig = CostConfig(),
-                     venue: str | None = None) -> Evaluation:
+                     tracking: MLflowTracking, experiment: str, run_id: str, costs: CostConfig = CostConfig()
+                     ) -> Evaluation:
     """Evaluate the model in ``model_dir`` on the test windows and write everything to ``out``
     (:func:`evaluate_windows`); log it all into the training run ``run_id``, which must be the
     run that wrote ``model_dir`` (lem_pipeline.trained_model.check_lineage)."""
     model = load_model(model_dir)
     check_lineage(model, model_dir, run_id)
-    result = evaluate_windows(name, model, windows_dir, out, batch_size=batch_size, device=device, costs=costs,
-                              venue=venue)
+    result = evaluate_windows(name, model, windows_dir, out, batch_size=batch_size, device=device, costs=costs)
     with tracking.run(experiment, run_id=run_id):
         log_evaluation(result, out)
         mlflow.set_tag("lem.stage", "evaluated")

@@ -30,6 +30,7 @@ from lem_model.evaluate import Batch
 from lem_model.ledger import ALMGREN_CHRISS, LEM, PROFILE, RULE, TWAP, model_orders, order_records, whole_horizon_orders
 from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
+from lem_pipeline.bars import DAILY_MINUTES
 
 TRADE_LOG_FILE = "trades.parquet"
 ORDER_KEYS = ["strategy", "side", "target", "min_period"]
@@ -40,7 +41,7 @@ LIST_PREFIXES = ("allocation", "fills@")
 
 def window_phases(index: pl.DataFrame, freq_min: int) -> np.ndarray:
     """The phase a volume profile conditions on: the start's UTC hour for intraday bars, else 0."""
-    if freq_min >= 1440:
+    if freq_min >= DAILY_MINUTES:
         return np.zeros(len(index), np.int64)
     return index["start_time"].dt.hour().to_numpy().astype(np.int64)
 
@@ -76,13 +77,15 @@ class TradeLog:
 
     def add(self, batch: Batch, group: GroupContext) -> None:
         B, N = batch.volumes.shape
-        orders = [model_orders(LEM, batch.model_alloc, batch.model_bps, N + 1),
-                  model_orders(RULE, batch.rule_alloc, batch.rule_bps, N),
+        tables = batch.slippage  # every row's gross slippage is the tables' own number
+        orders = [model_orders(LEM, batch.model_alloc, tables["model_bps"], N + 1),
+                  model_orders(RULE, batch.rule_alloc, tables["rule_bps"], N),
                   whole_horizon_orders(TWAP, torch.full((B, N), 1.0 / N, dtype=torch.float64),
-                                       torch.stack([batch.twap_volume_bps, batch.twap_notional_bps], 1), tuple(Target)),
-                  whole_horizon_orders(PROFILE, batch.profile)]
+                                       torch.stack([tables["twap_volume_bps"], tables["twap_notional_bps"]], 1),
+                                       tuple(Target)),
+                  whole_horizon_orders(PROFILE, batch.profile, tables["profile_bps"][:, None])]
         if batch.almgren_chriss is not None:
-            orders.append(whole_horizon_orders(ALMGREN_CHRISS, batch.almgren_chriss))
+            orders.append(whole_horizon_orders(ALMGREN_CHRISS, batch.almgren_chriss, tables["almgren_chriss_bps"][:, None]))
         pos = group.rows[batch.first:batch.first + B]
         price_scale = group.dataset.bars.vwap[group.dataset.starts[pos] - group.dataset.lookback]
         volume_scale = group.dataset.bars.vol_norm[group.dataset.starts[pos] + N - 1]

@@ -38,6 +38,7 @@ INDEX_FILE = "index.parquet"  # one row per window: split, row, symbol, freq_min
 # Index columns: the window's first bar (r-L), its execution start (r) and its last bar (r+N-1).
 TIME_COLUMNS = ["first_time", "start_time", "end_time"]
 Seasonality = Literal["intraday", "daily"]
+DATASET_BY_SEASONALITY = {"daily": "equity", "intraday": "crypto"}  # which dataset's windows a config builds
 FEATURE_NAMES = {
     "intraday": ["volume_rel", "vwap_return", "hour_of_day", "day_of_week", "frequency", "bridged", "price", "volume"],
     "daily": ["volume_rel", "vwap_return", "day_of_week", "month_of_year", "frequency", "price", "volume"],

@@ -36,8 +36,7 @@ def build_research_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         out = lake.evaluation_dir(LOOKAHEAD)
         result = evaluate_on_test(LOOKAHEAD, trained.model_dir, lake.windows_dir("equity"), out,
                                   batch_size=tcfg.batch_size, device=tcfg.device, tracking=mlflow,
-                                  experiment="lem-equity", run_id=trained.run_id, costs=preset.costs,
-                                  venue="equity")
+                                  experiment="lem-equity", run_id=trained.run_id, costs=preset.costs)
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": trained.run_id,
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(trained.experiment_id, trained.run_id)),

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from lem_pipeline.commands.model_source import load_model_source, model_run_id
 from lem_pipeline.errors import UserError
+from lem_pipeline.windows import DATASET_BY_SEASONALITY
 
 EXPERIMENT = "lem-evaluate"
 MODEL_RUN_TAG = "lem.model_run_id"  # the training run of the evaluated model
-DATASETS = {"daily": "equity", "intraday": "crypto"}  # by the model's windows seasonality
 DEFAULT_BATCH = 256
 
 
@@ -74,7 +74,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     test_start, test_end = check_args(args)
     model, cfg = load_model_source(args.model)
-    dataset = DATASETS[cfg.seasonality]
+    dataset = DATASET_BY_SEASONALITY[cfg.seasonality]
     if args.yahoo_dir is not None:
         if dataset != "equity":
             raise UserError(f"--model {args.model}: a {cfg.seasonality} (crypto) model; give --binance-url and "

@@ -19,7 +19,7 @@ from lem_pipeline.commands.local import add_preset_argument, open_local
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
 from lem_pipeline.paper_results import PAPER_TABLE_1
-from lem_pipeline.evaluation_summary import summary_name
+from lem_pipeline.evaluation_summary import SUMMARY_FILE
 from lem_pipeline.reporting import costs_frame, frequency_label, markdown, stats_frame
 from lem_pipeline.windows import read_index, read_meta, window_counts
 
@@ -55,13 +55,13 @@ COSTS_NOTE = ("Net of trading costs (README, \"Trading costs\"): mean slippage a
               "paper's layout, the regimes and the trade log are in the evaluation's files.")
 
 
-def _paired(evaluation_dir: Path, label: str, summary_file: str = "summary.json") -> list[str]:
+def _paired(evaluation_dir: Path, label: str, summary_path: Path | None) -> list[str]:
     """The evaluation's paired table (lem_pipeline.reporting.write_paired_table) and its costs
-    table (a few rows of lem_pipeline.reporting.costs_frame), where it has them."""
+    table (a few rows of lem_pipeline.reporting.costs_frame), where it has them; ``summary_path``:
+    that frequency's summary.json, as the evaluation asset's metadata names it."""
     table = evaluation_dir / f"{label}_paired.md"
     parts = [PAIRED_NOTE, "", table.read_text(), ""] if table.is_file() else []
-    summary_path = evaluation_dir / summary_file
-    if summary_path.is_file():
+    if summary_path is not None and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("net"):
             n_ahead = max(int(r["min_period"]) for r in summary["rows"] if r["min_period"].isdigit())
@@ -78,8 +78,9 @@ def _crypto_section(lake: DataLake, instance, preset) -> list[str]:
     meta = read_meta(lake.windows_dir("crypto"))
     c = meta["config"]
     counts = window_counts(read_index(lake.windows_dir("crypto")))
-    tables = {Path(csv).stem: Path(csv).with_suffix(".md")
-              for csv in latest_metadata(instance, "crypto_evaluation")["tables"].values()}
+    evaluation = latest_metadata(instance, "crypto_evaluation")
+    tables = {Path(csv).stem: Path(csv).with_suffix(".md") for csv in evaluation["tables"].values()}
+    summaries = {label: Path(path) for label, path in (evaluation.get("summaries") or {}).items()}
     parts = ["## Crypto (Binance spot)", "",
              f"Windows: {meta['counts']} (stride {c['stride']}, test stride {c.get('test_stride') or c['stride']}; "
              f"validation from {c['val_start']}, test from {c['test_start']}). Per split, frequency and symbol:", "",
@@ -93,8 +94,7 @@ def _crypto_section(lake: DataLake, instance, preset) -> list[str]:
             continue
         warning = f", fewer than {MIN_TEST_WINDOWS}: read with care" if n_test < MIN_TEST_WINDOWS else ""
         parts += [f"### {label} ({n_test} test windows{warning})", "", table.read_text(), "",
-                  *_paired(lake.evaluation_dir("crypto"), f"crypto_{label}",
-                           summary_name(freq, len(preset.crypto_frequencies)))]
+                  *_paired(lake.evaluation_dir("crypto"), f"crypto_{label}", summaries.get(f"crypto_{label}"))]
     return parts
 
 
@@ -131,7 +131,7 @@ def _equity_section(lake: DataLake, instance, preset) -> tuple[list[str], dict]:
         f"Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps against TWAP volume {h['test_twap_volume_std_bps']:.2f} "
         f"bps: a reduction of {100 * h['test_match_vwap_std_reduction']:.1f}%.",
         "",
-        *_paired(lake.evaluation_dir("equity"), "equity_daily"),
+        *_paired(lake.evaluation_dir("equity"), "equity_daily", lake.evaluation_dir("equity") / SUMMARY_FILE),
         PAPER_NOTE,
         "",
         _paper_table(causal),

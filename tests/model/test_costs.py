@@ -95,10 +95,16 @@ def test_notional_orders_buy_their_notional_at_the_arrival_price():
     ex = execute(a, T([[1000.0, 1000.0]], dtype=torch.float64), T([[100.0, 200.0]], dtype=torch.float64), context(),
                  side=T([Side.BUY]), notional=T([True]), size=0.01, cfg=CostConfig(), fee=0.0)
     assert float(ex.paid[0, 1, 0]) == pytest.approx(200 * (1 + 0.02 * math.sqrt(0.01 * 100 / 200)))
+    # Impact in bps of the notional traded: half the notional at each of two prices, each child's impact.
+    half = execute(T([0.5, 0.5], dtype=torch.float64).view(1, 2, 1), T([[1000.0, 1000.0]], dtype=torch.float64),
+                   T([[100.0, 200.0]], dtype=torch.float64), context(), side=T([Side.BUY]), notional=T([True]),
+                   size=0.01, cfg=CostConfig(), fee=0.0)
+    impacts = [0.02 * math.sqrt(0.5 * 0.01 * 100 / p) for p in (100.0, 200.0)]
+    assert float(half.impact_bps[0, 0]) == pytest.approx((impacts[0] + impacts[1]) / 2 * 1e4)
 
 
 def test_almgren_chriss_by_hand_and_its_limits():
-    cfg = CostConfig(risk_aversion=0.5, reference_size=0.01)
+    cfg = CostConfig(risk_aversion=0.5, almgren_chriss_size=0.01)
     sigma = T([0.02], dtype=torch.float64)
     two = almgren_chriss(sigma, 2, 1440, cfg)[0]
     eta = 0.02 * math.sqrt(0.01 * 2)
