@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lem_model.slippage import no_volume_yet, remaining
 from lem_model.vocabulary import Side
 
 DAY_MINUTES = 1440
@@ -155,14 +156,12 @@ def execute(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, ct
 def executed_mask(fills: torch.Tensor, volumes: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
     """(B, N, *rest): the bars an order executed on, as the tables count them (lem_model.slippage):
     every bar up to its last fill, at least its ``forced`` bars (N, P) for minimum-duration slot
-    P (axis 2 of fills), and every bar up to the first with market volume."""
-    remaining = torch.flip(torch.cumsum(torch.flip(fills, [1]), 1), [1])
-    live = remaining > 1e-15
+    P (axis 2 of fills), and every bar up to the first with market volume. A remainder below
+    1e-15 of the order is rounding left by the carry, not a fill."""
     N = volumes.shape[1]
-    before = torch.cumsum(volumes, 1) - volumes
-    no_volume_yet = (torch.arange(N, device=volumes.device) == 0) | (before == 0)  # (B, N)
+    live = remaining(fills) > 1e-15
     f = forced.view(1, N, forced.shape[1], *([1] * (fills.dim() - 3))).bool()
-    return live | f | _expand(no_volume_yet, fills)
+    return live | f | _expand(no_volume_yet(volumes), fills)
 
 
 def achieved_price(fills: torch.Tensor, paid: torch.Tensor, notional: torch.Tensor) -> torch.Tensor:

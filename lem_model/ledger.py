@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lem_model.costs import CostConfig, MarketContext, achieved_price, benchmark_vwap, execute, executed_mask
+from lem_model.slippage import minimum_duration
 from lem_model.vocabulary import OrderKind, Side, Target
 
 LEM, RULE, TWAP, PROFILE, ALMGREN_CHRISS = "LEM", "RULE", "TWAP", "VWAP Profile", "Almgren-Chriss"
@@ -39,19 +40,12 @@ class Orders:
     gross_bps: torch.Tensor | None = None  # (B, P, 2, T): the tables' own numbers, where they have them
 
 
-def _minimum_durations(n_ahead: int, slots: int) -> torch.Tensor:
-    """(N, slots): slot j < N executes through step j; slot N (match) through the end."""
-    t = torch.arange(n_ahead)[:, None]
-    j = torch.arange(slots)[None, :]
-    return (t <= j) | (j >= n_ahead)
-
-
 def model_orders(strategy: str, alloc: torch.Tensor, slippage: torch.Tensor, slots: int) -> Orders:
     """The LEM's (slots N+1) or the rule's (slots N: its slot N is plain TWAP) VWAP orders, from
     their allocations (B, N, N+1, 4, 2) and the tables' slippage (B, N+1, 4, 2)."""
     N = alloc.shape[1]
     periods = tuple(MATCH if j == N else str(j + 1) for j in range(slots))
-    return Orders(strategy, alloc[:, :, :slots][:, :, :, VWAP_KINDS], periods, _minimum_durations(N, slots),
+    return Orders(strategy, alloc[:, :, :slots][:, :, :, VWAP_KINDS], periods, minimum_duration(N, slots),
                   tuple(Target), slippage[:, :slots][:, :, VWAP_KINDS])
 
 

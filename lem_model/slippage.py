@@ -21,22 +21,30 @@ def kind_volumes(volumes: torch.Tensor) -> torch.Tensor:
     return torch.stack(per_kind, dim=-1).unsqueeze(2)
 
 
-def forced_mask(volumes: torch.Tensor, n_models: int) -> torch.Tensor:
-    """(B, N, J, 4): 1 where the order must still be executing regardless of its allocations.
+def minimum_duration(n_ahead: int, n_models: int, device: torch.device | None = None) -> torch.Tensor:
+    """(N, J) bool: model j < N executes through step j whatever it allocates; model j >= N
+    (match the benchmark) through the end."""
+    t = torch.arange(n_ahead, device=device)[:, None]
+    j = torch.arange(n_models, device=device)[None, :]
+    return (t <= j) | (j >= n_ahead)
 
-    Model j < N must execute through step j; model N (match the benchmark) through the end. On
-    top, every step up to and including the first one with market volume is forced (the
-    reference's volume mask: 1 where t == 0 or no volume traded before t).
-    """
-    B, N = volumes.shape
-    t = torch.arange(N, device=volumes.device)
-    j = torch.arange(n_models, device=volumes.device)
-    duration = ((t[:, None] <= j[None, :]) | (j[None, :] >= N)).to(volumes.dtype)  # (N, J)
-    v = kind_volumes(volumes)  # (B, N, 1, 4)
-    before = torch.cumsum(v, dim=1) - v
-    no_volume_yet = ((t.view(1, N, 1, 1) == 0) | (before == 0)).to(volumes.dtype)  # (B, N, 1, 4)
-    duration = duration.view(1, N, n_models, 1)
-    return duration + (1 - duration) * no_volume_yet
+
+def no_volume_yet(volumes: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) bool for volumes (B, N, ...): the steps up to and including the first one with
+    volume (the reference's volume mask: t == 0 or no volume traded before t)."""
+    N = volumes.shape[1]
+    before = torch.cumsum(volumes, dim=1) - volumes
+    first = (torch.arange(N, device=volumes.device) == 0).view(1, N, *([1] * (volumes.dim() - 2)))
+    return first | (before == 0)
+
+
+def forced_mask(volumes: torch.Tensor, n_models: int) -> torch.Tensor:
+    """(B, N, J, 4): 1 where the order must still be executing regardless of its allocations:
+    its minimum duration, and every step up to the first one with market volume."""
+    N = volumes.shape[1]
+    duration = minimum_duration(N, n_models, volumes.device).to(volumes.dtype).view(1, N, n_models, 1)
+    waiting = no_volume_yet(kind_volumes(volumes)).to(volumes.dtype)  # (B, N, 1, 4)
+    return duration + (1 - duration) * waiting
 
 
 def remaining(alloc: torch.Tensor) -> torch.Tensor:

@@ -68,9 +68,12 @@ def table_values(ledger: pl.DataFrame, rows: list[tuple[str, str]], columns: lis
     return out
 
 
-def _stat_row(order: str, period: str, values: np.ndarray, **extra) -> dict:
-    return {"order": order, "min_period": period, **{k: _number(v, TABLE_DECIMALS) for k, v in zip(STAT_KEYS, stats(values))},
-            **{k: _number(float(np.mean(v)), TABLE_DECIMALS) for k, v in extra.items()}}
+def _stat_row(order: str, period: str, statistics: list[float], **means: np.ndarray) -> dict:
+    """One row of a table in summary.json: its seven statistics and the mean of each of ``means``,
+    to the CSV's decimals."""
+    return {"order": order, "min_period": period,
+            **{k: _number(v, TABLE_DECIMALS) for k, v in zip(STAT_KEYS, statistics)},
+            **{k: _number(float(np.mean(v)), TABLE_DECIMALS) for k, v in means.items()}}
 
 
 def cost_sections(ledger: pl.DataFrame, rows: list[tuple[str, str]], costs: CostConfig) -> dict:
@@ -82,7 +85,7 @@ def cost_sections(ledger: pl.DataFrame, rows: list[tuple[str, str]], costs: Cost
     values = table_values(ledger, rows, cols)
     out = {"arrival_mean": {k: _number(float(v["arrival_bps"].mean()), TABLE_DECIMALS) for k, v in values.items()}}
     if costs.enabled:
-        out["net"] = {size_key(s): [_stat_row(o, m, v[f"net_slippage_bps@{s:g}"],
+        out["net"] = {size_key(s): [_stat_row(o, m, stats(v[f"net_slippage_bps@{s:g}"]),
                                               arrival_mean=v[f"net_arrival_bps@{s:g}"], fill_rate=v[f"fill_rate@{s:g}"],
                                               impact_bps=v[f"impact_bps@{s:g}"], fees_bps=v[f"fees_bps@{s:g}"])
                                     for (o, m), v in values.items()] for s in costs.order_sizes}
@@ -92,7 +95,7 @@ def cost_sections(ledger: pl.DataFrame, rows: list[tuple[str, str]], costs: Cost
             part = ledger.filter(pl.col(f"{regime}_regime") == label)
             for (o, m), v in table_values(part, rows, ["slippage_bps", "arrival_bps"]).items():
                 regimes.append({"regime": regime, "label": label, "windows": len(v["slippage_bps"]),
-                                **_stat_row(o, m, v["slippage_bps"], arrival_mean=v["arrival_bps"])})
+                                **_stat_row(o, m, stats(v["slippage_bps"]), arrival_mean=v["arrival_bps"])})
     out["regimes"] = regimes
     return out
 
@@ -131,9 +134,7 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
         "windows": len(index),
         "first_start": starts.min().isoformat() if len(index) else None,
         "last_start": starts.max().isoformat() if len(index) else None,
-        "rows": [{"order": order, "min_period": period,
-                  **{k: _number(v, TABLE_DECIMALS) for k, v in zip(STAT_KEYS, values)}}
-                 for order, period, values in main_table(ev)],
+        "rows": [_stat_row(order, period, values) for order, period, values in main_table(ev)],
     }
     if ledger is not None and costs is not None:
         sections = cost_sections(ledger, [(r["order"], r["min_period"]) for r in out["rows"]], costs)
