@@ -7,7 +7,11 @@ separate environment, Keras on the torch backend), it is timed on the same input
 run and the ratio printed; otherwise the numbers the issue measured for it on this machine
 (172 and 25 train samples/s) are shown as the baseline.
 
-    python benchmarks/model_throughput.py [--device cpu|cuda] [--steps 5]
+    python benchmarks/model_throughput.py [--device cpu|cuda] [--steps 5] [--profile 15]
+
+``--profile K`` also runs ``torch.profiler`` over a few of our train steps per config and prints
+the K operators with the most self time and their share of the step: where the time goes, so a
+speed-up starts from the profile (issue 10).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def timed(fn, steps: int, device: str) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, compiled: bool = False) -> tuple[float, float]:
+def train_step_fn(cfg: LEMConfig, batch: int, device: str, compiled: bool = False):
+    """(model, forward, train_step) on a fixed random batch: what is timed and profiled."""
     torch.manual_seed(0)
     model = LargeExecutionModel(cfg).to(device)
     if compiled:
@@ -73,11 +78,35 @@ def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, compiled: bo
         opt.step()
         model.project_constraints()
 
+    return model, forward, train_step
+
+
+def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, compiled: bool = False) -> tuple[float, float]:
+    model, forward, train_step = train_step_fn(cfg, batch, device, compiled)
     model.eval()
     fwd = batch / timed(forward, steps, device)
     model.train()
     train = batch / timed(train_step, steps, device)
     return fwd, train
+
+
+def profile_ours(cfg: LEMConfig, batch: int, steps: int, device: str, top: int) -> list[tuple[str, float, float]]:
+    """The ``top`` operators by self time over ``steps`` train steps (after one warm-up):
+    (name, self milliseconds per step, share of all self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, _, train_step = train_step_fn(cfg, batch, device)
+    model.train()
+    train_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]
+    return [(e.key, getattr(e, attr) / 1e3 / steps, getattr(e, attr) / total) for e in ranked]
 
 
 def bench_reference(cfg: LEMConfig, batch: int, steps: int) -> tuple[float, float] | None:
@@ -116,6 +145,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
     ap.add_argument("--compile", action="store_true", help="also time with the TKAN step compiled (torch.compile)")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="also print the K operators with the most self time in our train step, per config")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
@@ -130,6 +161,10 @@ def main() -> None:
             fwd, train = bench_ours(cfg, batch, args.steps, args.device, compiled=mode == "compiled")
             print(f"{name:8} {mode:8} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:6.1f} ({source}) "
                   f"{train / ref_train:5.2f}x")
+        if args.profile:
+            print(f"  {name}: top {args.profile} operators by self time per train step (eager, batch {batch})")
+            for op, ms, share in profile_ours(cfg, batch, args.steps, args.device, args.profile):
+                print(f"    {share:6.1%} {ms:9.2f} ms  {op}")
 
 
 if __name__ == "__main__":
