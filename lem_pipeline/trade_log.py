@@ -27,7 +27,8 @@ import torch
 
 from lem_model.costs import CostConfig, market_context, trailing_bars
 from lem_model.evaluate import Batch
-from lem_model.ledger import ALMGREN_CHRISS, LEM, PROFILE, RULE, TWAP, model_orders, order_records, whole_horizon_orders
+from lem_model.ledger import (ALMGREN_CHRISS, LEM, PROFILE, RULE, SIDE_NAMES, TARGET_NAMES, TWAP, Orders,
+                              model_orders, order_records, whole_horizon_orders)
 from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline.bars import DAILY_MINUTES
@@ -108,15 +109,19 @@ class TradeLog:
             lists = {k: rec.pop(k) for k in list(rec) if k.startswith(LIST_PREFIXES)}
             frame = frame.with_columns(**{k: pl.Series(k, v) for k, v in rec.items()})
             self._frames.append(frame)
-            self._accumulate(group.freq_min, frame, lists["allocation"])
+            self._accumulate(group.freq_min, o)
             self._write(frame, lists)
 
-    def _accumulate(self, freq_min: int, frame: pl.DataFrame, alloc: np.ndarray) -> None:
-        """Sums of the allocations per frequency and order, for the mean execution curves."""
-        keys = frame.select(ORDER_KEYS).with_row_index("i").group_by(ORDER_KEYS).agg(pl.col("i"))
-        for *key, rows in keys.iter_rows():
-            self._alloc_sum[freq_min][tuple(key)] += alloc[rows].astype(np.float64).sum(0)
-            self._alloc_count[freq_min][tuple(key)] += len(rows)
+    def _accumulate(self, freq_min: int, orders: Orders) -> None:
+        """Sums of the allocations per frequency and order, for the mean execution curves: the
+        dense (B, N, P, 2, T) tensor summed over its windows."""
+        sums = orders.alloc.double().sum(0).numpy()  # (N, P, 2, T)
+        for p, period in enumerate(orders.periods):
+            for s, side in enumerate(SIDE_NAMES):
+                for t, target in enumerate(orders.targets):
+                    key = (orders.strategy, side, TARGET_NAMES[target], period)
+                    self._alloc_sum[freq_min][key] += sums[:, p, s, t]
+                    self._alloc_count[freq_min][key] += orders.alloc.shape[0]
 
     def _write(self, frame: pl.DataFrame, lists: dict[str, np.ndarray]) -> None:
         alloc = lists["allocation"]
