@@ -2,12 +2,12 @@
 batch 256, on the CPU with 2 threads (or on CUDA with bf16 autocast when --device cuda).
 
 A train step is forward, lem_loss, backward and an Adam step (plus the constraint projection).
-When the reference ``lems`` 0.1.1 is importable (``pip install lems==0.1.1 keras tkan`` in a
-separate environment, Keras on the torch backend), it is timed on the same inputs in the same
-run and the ratio printed; otherwise the numbers the issue measured for it on this machine
-(172 and 25 train samples/s) are shown as the baseline.
+With ``--reference-python`` (the python of a virtualenv holding ``lems`` 0.1.1, see
+benchmarks/reference_lems.py) the reference is timed on the same inputs in the same run, and
+the ratio printed; otherwise the numbers the issue measured for it (172 and 25 train samples/s)
+stand in. The benchmark refuses to time while another process is using the CPU.
 
-    python benchmarks/model_throughput.py [--device cpu|cuda] [--steps 5] [--profile 15]
+    python benchmarks/model_throughput.py --reference-python ../lems-ref/bin/python [--steps 5] [--profile 15]
 
 ``--profile K`` also runs ``torch.profiler`` over a few of our train steps per config and prints
 the K operators with the most self time and their share of the step: where the time goes, so a
@@ -18,9 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from lem_model import LargeExecutionModel
@@ -109,33 +115,49 @@ def profile_ours(cfg: LEMConfig, batch: int, steps: int, device: str, top: int) 
     return [(e.key, getattr(e, attr) / 1e3 / steps, getattr(e, attr) / total) for e in ranked]
 
 
-def bench_reference(cfg: LEMConfig, batch: int, steps: int) -> tuple[float, float] | None:
-    """Time lems 0.1.1 (Keras) on the same shapes, if it is installed."""
-    try:
-        os.environ.setdefault("KERAS_BACKEND", "torch")
-        import keras
-        import numpy as np
-        from lems.data_formater import add_config_to_y
-        from lems.loss import lem_loss as ref_loss
-        from lems.models import LargeExecutionModel as RefLEM
-    except ImportError:
-        return None
+def bench_reference(cfg: LEMConfig, batch: int, steps: int, python: str, threads: int) -> tuple[float, float]:
+    """Time lems 0.1.1 on the same inputs, in its own virtualenv (benchmarks/reference_lems.py)."""
     x, rmin, rmax, vol, px = (t.numpy() for t in make_batch(cfg, batch, "cpu"))
-    model = RefLEM(lookback=cfg.lookback, n_ahead=cfg.n_ahead, hidden_size=cfg.hidden_size,
-                   hidden_rnn_layer=cfg.rnn_layers, num_heads=cfg.num_heads, num_embedding=cfg.num_embedding,
-                   fused_mlp_hidden_dim=cfg.fused_hidden)
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss=ref_loss)
-    inputs = [x, rmin[:, None], rmax[:, None]]
-    y = add_config_to_y(np.stack([vol, px], -1))
-    model.fit(inputs, y, batch_size=batch, epochs=1, verbose=0)
-    t0 = time.perf_counter()
-    model.fit([np.concatenate([a] * steps) for a in inputs], np.concatenate([y] * steps), batch_size=batch, epochs=1,
-              verbose=0, shuffle=False)
-    train = batch * steps / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    model.predict(inputs, batch_size=batch, verbose=0)
-    fwd = batch / (time.perf_counter() - t0)
-    return fwd, train
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "inputs.npz")
+        np.savez(path, x=x, min_rate=rmin, max_rate=rmax, volumes=vol, prices=px)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_lems.py")
+        done = subprocess.run([python, script, path, json.dumps(asdict(cfg)), str(steps), str(threads)],
+                              capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the reference benchmark failed under {python}:\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out["forward"], out["train"]
+
+
+def busy_processes(window_s: float = 1.0, threshold: float = 0.2) -> list[str]:
+    """Other processes that used more than ``threshold`` of a core over ``window_s`` seconds
+    (read from /proc): two torch processes on a small machine slow each other 10-100x, so a
+    timing taken beside one is void."""
+    def cpu_ticks() -> dict[int, tuple[str, int]]:
+        ticks = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks[int(pid)] = (name, int(fields[11]) + int(fields[12]))  # utime + stime
+        return ticks
+
+    if not os.path.isdir("/proc"):
+        return []
+    before = cpu_ticks()
+    time.sleep(window_s)
+    after = cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    return [f"{name} (pid {pid}, {100 * (t - before[pid][1]) / hz / window_s:.0f}% of a core)"
+            for pid, (name, t) in after.items()
+            if pid in before and (t - before[pid][1]) / hz / window_s > threshold]
 
 
 def main() -> None:
@@ -144,22 +166,37 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
-    ap.add_argument("--compile", action="store_true", help="also time with the TKAN step compiled (torch.compile)")
+    ap.add_argument("--compile", action="store_true", help="also time with the whole step compiled (torch.compile)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")
+    ap.add_argument("--reference-python", default=None, metavar="PYTHON",
+                    help="the python of a virtualenv with lems 0.1.1 (benchmarks/reference_lems.py): time the "
+                         "reference on the same inputs in this run")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="report even when another process is using the CPU (the numbers are then void)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        busy = busy_processes()
+        if busy:
+            message = "another process is using the CPU; timings beside it are void: " + "; ".join(busy)
+            if not args.allow_busy:
+                sys.exit(f"refusing to time: {message} (--allow-busy to time anyway)")
+            print(f"WARNING: {message}")
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
-    print(f"{'config':8} {'mode':8} {'batch':>5} {'forward/s':>10} {'train/s':>9} {'ref train/s':>15} {'ratio':>6}")
+    print(f"{'config':8} {'mode':8} {'batch':>5} {'forward/s':>10} {'train/s':>9} {'ref train/s':>26} {'ratio':>6}")
     for name, cfg, batch in (("small", SMALL, 64), ("paper", PAPER, 256)):
         if args.only and name != args.only:
             continue
-        ref = bench_reference(cfg, batch, args.steps) if args.device == "cpu" else None
-        ref_train = ref[1] if ref else REFERENCE_TRAIN_SAMPLES_PER_S[name]
-        source = "measured now" if ref else "issue's figure"
+        if args.reference_python and args.device == "cpu":
+            ref_fwd, ref_train = bench_reference(cfg, batch, args.steps, args.reference_python, args.threads)
+            source = "measured now"
+            print(f"{name:8} {'lems':8} {batch:5d} {ref_fwd:10.1f} {ref_train:9.1f}")
+        else:
+            ref_train, source = REFERENCE_TRAIN_SAMPLES_PER_S[name], "issue's figure"
         for mode in ("eager", "compiled") if args.compile else ("eager",):
             fwd, train = bench_ours(cfg, batch, args.steps, args.device, compiled=mode == "compiled")
-            print(f"{name:8} {mode:8} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:6.1f} ({source}) "
+            print(f"{name:8} {mode:8} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
                   f"{train / ref_train:5.2f}x")
         if args.profile:
             print(f"  {name}: top {args.profile} operators by self time per train step (eager, batch {batch})")
