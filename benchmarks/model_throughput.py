@@ -1,7 +1,8 @@
 """Forward and train-step throughput of the LEM, small config at batch 64 and paper config at
 batch 256, on the CPU with 2 threads (or on CUDA with bf16 autocast when --device cuda).
 
-A train step is forward, lem_loss, backward and an Adam step (plus the constraint projection).
+A train step is what lem_model.train runs per batch: forward, lem_loss, backward, gradient
+clipping, the fused Adam step and the constraint projection.
 With ``--reference-python`` (the python of a virtualenv holding ``lems`` 0.1.1, see
 benchmarks/reference_lems.py) the reference is timed on the same inputs in the same run, and
 the ratio printed; otherwise the numbers the issue measured for it (172 and 25 train samples/s)
@@ -32,6 +33,7 @@ import torch
 from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL, LEMConfig
 from lem_model.loss import lem_loss
+from lem_model.train import adam
 
 REFERENCE_TRAIN_SAMPLES_PER_S = {"small": 172.0, "paper": 25.0}  # lems 0.1.1, Keras 3.15 on torch, 2 threads
 
@@ -66,7 +68,7 @@ def train_step_fn(cfg: LEMConfig, batch: int, device: str, compiled: bool = Fals
     model = LargeExecutionModel(cfg).to(device)
     if compiled:
         model.compile_recurrence()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt = adam(model.parameters(), lr=1e-5)
     x, rmin, rmax, vol, px = make_batch(cfg, batch, device)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext)
 
@@ -81,6 +83,7 @@ def train_step_fn(cfg: LEMConfig, batch: int, device: str, compiled: bool = Fals
             alloc = model(x, rmin, rmax)
         loss = lem_loss(alloc.float(), vol, px)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as lem_model.train
         opt.step()
         model.project_constraints()
 
@@ -166,7 +169,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
-    ap.add_argument("--compile", action="store_true", help="also time with the whole step compiled (torch.compile)")
+    ap.add_argument("--compile", action="store_true", help="also time with the TKAN steps compiled (LargeExecutionModel.compile_recurrence)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")
     ap.add_argument("--reference-python", default=None, metavar="PYTHON",

@@ -13,7 +13,7 @@ from torch import nn
 from lem_model.allocation import allocate_step, finish_gate
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
-from lem_model.tkan import TKAN
+from lem_model.tkan import TKAN, RecurrenceSteps
 from lem_model.vocabulary import EPS, KIND_BENCHMARKS, LN_EPS, N_KINDS
 
 
@@ -139,11 +139,12 @@ class LargeExecutionModel(nn.Module):
             curve.div_(curve.sum(dim=axis, keepdim=True) + EPS)
 
     def compile_recurrence(self) -> LargeExecutionModel:
-        """Fuse each TKAN step with ``torch.compile`` (optional: ~35 s to compile, then about 1.5x
-        faster training on CPU). The step is a small fixed graph, so it compiles once and is
-        reused for all T steps; the model stays an ordinary module (state dict unchanged)."""
+        """Fuse each TKAN step, forward and backward, with ``torch.compile`` (optional: it takes a
+        C++ compiler and about a minute, see benchmarks/model_throughput.py --compile for what
+        it buys). The model stays an ordinary module (state dict unchanged)."""
+        steps = RecurrenceSteps.compiled()
         for layer in self.rnn:
-            layer.cell = torch.compile(layer.cell, dynamic=False)
+            layer.steps = steps
         return self
 
     def num_parameters(self) -> int:

@@ -1,7 +1,17 @@
-"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, computed exactly as the
-reference (docs/DESIGN.md, "The reference, as specified")."""
+"""KANLinear (B-spline efficient-KAN) and the TKAN recurrent layer, computed as the reference
+(docs/DESIGN.md, "The reference, as specified").
+
+The recurrence is the training step's hot loop (two layers x L + N - 1 steps of small
+matrices), so it runs as one autograd node (:class:`TKANRecurrence`): the forward loop builds no
+autograd graph, the backward loop carries only the state gradients, and every weight gradient is
+one matrix product over all steps at the end. tests/model/test_speed_paths.py holds the plain
+step-by-step autograd spelling it must equal.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -9,9 +19,13 @@ from torch import nn
 
 from lem_model.initializers import glorot_uniform_, orthogonal_
 from lem_model.vocabulary import LN_EPS
+
 GRID_SIZE = 3
-SPLINE_ORDER = 3
+SPLINE_ORDER = 3  # the closed forms below are the cubic case
 GRID_RANGE = (-1.0, 1.0)
+N_BASES = GRID_SIZE + SPLINE_ORDER
+KNOT_STEP = (GRID_RANGE[1] - GRID_RANGE[0]) / GRID_SIZE
+FIRST_KNOT = GRID_RANGE[0] - SPLINE_ORDER * KNOT_STEP
 
 
 def spline_knots(grid_size: int = GRID_SIZE, order: int = SPLINE_ORDER, grid_range=GRID_RANGE) -> torch.Tensor:
@@ -20,40 +34,73 @@ def spline_knots(grid_size: int = GRID_SIZE, order: int = SPLINE_ORDER, grid_ran
     return torch.linspace(grid_range[0] - order * h, grid_range[1] + order * h, grid_size + 2 * order + 1)
 
 
-def bspline_bases(z: torch.Tensor, knots: torch.Tensor, order: int = SPLINE_ORDER) -> torch.Tensor:
-    """Cox-de Boor recursion: (..., d) -> (..., d, G + k) bases; all zero outside the knot range."""
-    g = knots.to(z.dtype)
-    x = z.unsqueeze(-1)
-    b = ((x >= g[:-1]) & (x < g[1:])).to(z.dtype)  # (..., d, 9) degree-0 indicators, half-open
-    for p in range(1, order + 1):
-        left = (x - g[: -(p + 1)]) / (g[p:-1] - g[: -(p + 1)]) * b[..., :-1]
-        right = (g[p + 1 :] - x) / (g[p + 1 :] - g[1:-p]) * b[..., 1:]
-        b = left + right
-    return b
+def basis_centres(like: torch.Tensor) -> torch.Tensor:
+    """Where each of the 6 bases peaks, in knot steps from zero: z / h - centre is the cardinal
+    spline's argument."""
+    return torch.arange(N_BASES, device=like.device, dtype=like.dtype) + (FIRST_KNOT / KNOT_STEP + 2)
+
+
+def spline_terms(z: torch.Tensor, centres: torch.Tensor, slopes: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The 6 cubic B-spline bases on the uniform knots [-3, 3], (..., d) -> (..., d, 6), and with
+    ``slopes`` their derivatives in z (the hand-written backward reads them).
+
+    Basis j is the cardinal cubic B-spline of t = z / h - centre_j, in closed form
+    ((2 - |t|)+^3 - 4 (1 - |t|)+^3) / 6: the same function as the reference's Cox-de Boor
+    recursion (tests/model/test_layers.py compares them) in a third of the operations, and
+    without a branch.
+    """
+    t = z.unsqueeze(-1) * (1 / KNOT_STEP) - centres
+    r = t.abs()
+    a = (2 - r).clamp_(min=0)
+    b = (1 - r).clamp_(min=0)
+    a2, b2 = a * a, b * b
+    bases = torch.sub(a2 * a, b2 * b, alpha=4).mul_(1 / 6)
+    if not slopes:
+        return bases, None
+    return bases, torch.sub(b2, a2, alpha=0.25).mul_(2 / KNOT_STEP).mul_(torch.sign(t))
+
+
+def bspline_bases(z: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (..., d, 6): the spline bases alone (:func:`spline_terms`)."""
+    return spline_terms(z, basis_centres(z))[0]
+
+
+def kan_features(z: torch.Tensor, centres: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., d) -> (..., d, 7): [relu(z_i), bases(z_i)] per input feature i, the rows
+    KANLinear's interleaved weight multiplies once flattened (written into ``out`` if given)."""
+    return torch.cat([F.relu(z).unsqueeze(-1), spline_terms(z, centres)[0]], dim=-1, out=out)
 
 
 class KANLinear(nn.Module):
     """out = relu(LN(x)) @ W_base + b + B(LN(x)) @ W_spline, fused into one matmul.
 
     The base and spline weights are kept as one (d_in * (1 + G + k), d_out) matrix whose rows are
-    [relu inputs; spline bases feature-major], so a step of the recurrence costs a single GEMM.
+    [relu inputs; spline bases feature-major] (the checkpoint layout). The product is taken with
+    the rows interleaved per input feature (:func:`kan_features`), so the features of one input
+    are contiguous and the backward needs one multiply per feature.
     """
 
     def __init__(self, d_in: int, d_out: int) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
-        self.n_bases = GRID_SIZE + SPLINE_ORDER
+        self.n_bases = N_BASES
         self.norm = nn.LayerNorm(d_in, eps=LN_EPS)
-        self.register_buffer("knots", spline_knots(), persistent=False)
         self.weight = nn.Parameter(torch.empty(d_in * (1 + self.n_bases), d_out))
         self.bias = nn.Parameter(torch.zeros(d_out))
         glorot_uniform_(self.weight[:d_in], d_in, d_out)
         glorot_uniform_(self.weight[d_in:], d_in * self.n_bases, d_out)
+        # Row i*7 of the interleaved weight is relu input i, row i*7 + 1 + m its basis m.
+        rows = torch.arange(d_in).unsqueeze(-1)
+        order = torch.cat([rows, d_in + rows * self.n_bases + torch.arange(self.n_bases)], dim=-1).flatten()
+        self.register_buffer("interleave", order, persistent=False)
+
+    def interleaved_weight(self) -> torch.Tensor:
+        return self.weight[self.interleave]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.norm(x)
-        bases = bspline_bases(z, self.knots).flatten(-2)  # (..., d_in * 6), column i*6 + m
-        return torch.cat([F.relu(z), bases], dim=-1) @ self.weight + self.bias
+        features = kan_features(self.norm(x), basis_centres(x)).flatten(-2)
+        return torch.addmm(self.bias, features.flatten(0, -2), self.interleaved_weight()).view(*x.shape[:-1], -1)
 
 
 class TKAN(nn.Module):
@@ -76,28 +123,170 @@ class TKAN(nn.Module):
         self.sub_recurrent_states = nn.Parameter(orthogonal_(torch.empty(d_in, d_in)))
         self.aggregated_weight = nn.Parameter(glorot_uniform_(torch.empty(d_in, units), d_in, units))
         self.aggregated_bias = nn.Parameter(torch.zeros(units))
+        self.steps = RecurrenceSteps()  # LargeExecutionModel.compile_recurrence swaps in compiled ones
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        # Input terms for every step in one matmul each; unbind (not x[:, t]) so that backward
-        # stacks the step gradients once instead of filling a (B, T, .) zero tensor per step.
-        gates_x = (x @ self.kernel + self.bias).unbind(1)  # T x (B, 3u)
-        kan_x = (x @ self.sub_recurrent_inputs).unbind(1)  # T x (B, d)
-        h = x.new_zeros(B, self.units)
-        c = x.new_zeros(B, self.units)
-        s = x.new_zeros(B, self.d_in)
-        outputs = []
-        for t in range(T):
-            h, c, s = self.cell(gates_x[t], kan_x[t], h, c, s)
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)  # (B, T, u)
+        """(B, T, d_in) -> (B, T, units). The input terms of every step are two matrix products
+        over the whole sequence; only the recurrent part runs step by step."""
+        xt = x.transpose(0, 1)  # (T, B, d): each step's rows contiguous
+        gates_x = torch.addmm(self.bias, xt.flatten(0, 1), self.kernel).view(*xt.shape[:2], -1)
+        kan_x = (xt.flatten(0, 1) @ self.sub_recurrent_inputs).view(xt.shape)
+        kan = self.sub_kan
+        steps = self.steps
+        args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.interleaved_weight(),
+                kan.bias, self.sub_kernel, self.sub_recurrent_states, self.aggregated_weight, self.aggregated_bias)
+        if torch.is_grad_enabled():
+            h = TKANRecurrence.apply(steps, *args)
+        else:
+            h = recurrence(*args, step=steps.forward)[0]
+        return h.transpose(0, 1)
 
-    def cell(self, gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, s: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step: (h, c, s~) -> new states, given the step's precomputed input terms."""
-        i, f, cand = torch.sigmoid(gates_x + h @ self.recurrent_kernel).chunk(3, dim=-1)
-        c = f * c + i * torch.tanh(cand)
-        kan_out = self.sub_kan(kan_x + s @ self.sub_recurrent_states)  # (B, d)
-        s = self.sub_kernel[: self.d_in] * kan_out + self.sub_kernel[self.d_in :] * s
-        o = torch.sigmoid(kan_out @ self.aggregated_weight + self.aggregated_bias)
-        return o * torch.tanh(c), c, s
+
+def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+                 w_rec: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w_kan: torch.Tensor,
+                 b_kan: torch.Tensor, sub_kernel: torch.Tensor, w_sub: torch.Tensor, w_agg: torch.Tensor,
+                 b_agg: torch.Tensor, centres: torch.Tensor, keep: bool) -> tuple[torch.Tensor, ...]:
+    """One step of the recurrence: (h, c, s), and with ``keep`` what the backward reads of it
+    (the gates, the KAN input q, k, the output gate o, the KAN features and their slopes in z,
+    (B, d, 7))."""
+    d = s.shape[-1]
+    gates = torch.sigmoid(torch.addmm(gates_x, h, w_rec))
+    i, f, cand = gates.chunk(3, dim=-1)
+    c = torch.addcmul(f * c, i, torch.tanh(cand))
+    q = torch.addmm(kan_x, s, w_sub)
+    z = F.layer_norm(q, (d,), ln_w, ln_b, LN_EPS)
+    bases, bases_slopes = spline_terms(z, centres, slopes=keep)
+    features = torch.cat([F.relu(z).unsqueeze(-1), bases], dim=-1)
+    k = torch.addmm(b_kan, features.flatten(-2), w_kan)
+    s = torch.addcmul(sub_kernel[d:] * s, sub_kernel[:d], k)
+    o = torch.sigmoid(torch.addmm(b_agg, k, w_agg))
+    h = o * torch.tanh(c)
+    if not keep:
+        return h, c, s
+    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-1), bases_slopes], dim=-1)
+    return h, c, s, gates, q, k, o, features, slopes
+
+
+def recurrence(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Tensor, keep: bool = False,
+               step=forward_step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward loop of :class:`TKANRecurrence`: h for every step, (T, B, u), and with
+    ``keep`` the rest of what ``step`` returns, stacked over the steps (what the backward reads)."""
+    T, B, d = kan_x.shape
+    centres = basis_centres(kan_x)
+    h = gates_x.new_zeros(B, weights[0].shape[0])
+    c = torch.zeros_like(h)
+    s = kan_x.new_zeros(B, d)
+    steps: list[tuple[torch.Tensor, ...]] = []
+    for t in range(T):
+        out = step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep)
+        h, c, s = out[:3]
+        steps.append(out)
+    stacked = dict(zip(("h",) + TKANRecurrence.KEPT, (torch.stack(v) for v in zip(*steps))))
+    return stacked.pop("h"), stacked
+
+
+def backward_step(grad_h: torch.Tensor, dh: torch.Tensor, dc: torch.Tensor, ds: torch.Tensor,
+                  to_gate: torch.Tensor, to_cell: torch.Tensor, slopes: torch.Tensor, rstd: torch.Tensor,
+                  zhat: torch.Tensor, to_gates: torch.Tensor, forget: torch.Tensor, w1: torch.Tensor,
+                  w2: torch.Tensor, ln_w: torch.Tensor, w_agg_t: torch.Tensor, w_kan_t: torch.Tensor,
+                  w_sub_t: torch.Tensor, w_rec_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One step of the backward in time: the gradients carried to the step before (dL/d h, c, s
+    of its outputs) and this step's gradients that the weight gradients sum over (output gate,
+    k, s, z, q and the three gate pre-activations)."""
+    B, d = ds.shape
+    dh = grad_h + dh
+    d_out_gate = dh * to_gate
+    dc = torch.addcmul(dc, dh, to_cell)
+    dk = torch.addmm(w1 * ds, d_out_gate, w_agg_t)
+    dz = ((dk @ w_kan_t).view(B, d, -1) * slopes).sum(-1)
+    dzhat = dz * ln_w
+    dq = rstd * (dzhat - dzhat.mean(-1, keepdim=True) - zhat * (dzhat * zhat).mean(-1, keepdim=True))
+    ds_prev = torch.addmm(w2 * ds, dq, w_sub_t)
+    d_gates = (dc.unsqueeze(1) * to_gates).flatten(1)
+    return d_gates @ w_rec_t, dc * forget, ds_prev, d_out_gate, dk, ds, dz, dq, d_gates
+
+
+@dataclass(frozen=True)
+class RecurrenceSteps:
+    """The step functions the recurrence runs: eager, or compiled (:meth:`compiled`)."""
+
+    forward: Callable[..., tuple[torch.Tensor, ...]] = forward_step
+    backward: Callable[..., tuple[torch.Tensor, ...]] = backward_step
+
+    @classmethod
+    def compiled(cls) -> RecurrenceSteps:
+        """Each step's dozens of small operations fused by ``torch.compile`` (shapes fixed, so
+        one graph per step function, reused for every step and layer)."""
+        return cls(torch.compile(forward_step, dynamic=False), torch.compile(backward_step, dynamic=False))
+
+
+class TKANRecurrence(torch.autograd.Function):
+    """The TKAN recurrence over T steps as one autograd node, time-major: (T, B, .) in and out.
+
+    Per step, with the input terms gx = x W_k + b and kx = x W_si precomputed:
+        i, f, c~ = sigmoid(gx + h W_r);  c = f c + i tanh(c~)
+        k = KAN(kx + s W_ss);  s = w1 k + w2 s;  h = sigmoid(k W_a + b_a) tanh(c)
+    where KAN(q) = kan_features(LN(q)) W + b with the interleaved weight.
+    """
+
+    KEPT = ("c", "s", "gates", "q", "k", "o", "features", "slopes")
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, steps, gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg):
+        out, kept = recurrence(gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg,
+                               keep=True, step=steps.forward)
+        ctx.backward_step = steps.backward
+        ctx.save_for_backward(out, *(kept[name] for name in TKANRecurrence.KEPT), w_rec, ln_w, w_kan, sub_kernel,
+                              w_sub, w_agg)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_h):
+        (h_all, c_all, s_all, gates_all, q_all, k_all, o_all, features, slopes,
+         w_rec, ln_w, w_kan, sub_kernel, w_sub, w_agg) = ctx.saved_tensors
+        T, B, u = h_all.shape
+        d = s_all.shape[-1]
+        w1, w2 = sub_kernel[:d], sub_kernel[d:]
+        # Everything that does not depend on the carried gradients, for all steps at once.
+        zeros_u = c_all.new_zeros(1, B, u)
+        c_prev = torch.cat([zeros_u, c_all[:-1]])
+        tanh_c = torch.tanh(c_all)
+        to_gate = tanh_c * o_all * (1 - o_all)  # dL/d(output gate pre-activation) per dL/dh
+        to_cell = o_all * (1 - tanh_c * tanh_c)  # dL/dc per dL/dh
+        i_g, f_g, cand = gates_all.chunk(3, dim=-1)
+        tanh_cand = torch.tanh(cand)
+        # dL/d(gate pre-activations) per dL/dc, for i, f and the candidate, stacked (T, B, 3, u).
+        to_gates = (torch.stack([tanh_cand, c_prev, i_g * (1 - tanh_cand * tanh_cand)], dim=2)
+                    * (gates_all * (1 - gates_all)).view(T, B, 3, u))
+        mean = q_all.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(q_all.var(-1, unbiased=False, keepdim=True) + LN_EPS)
+        zhat = (q_all - mean) * rstd
+
+        weights_t = (w1, w2, ln_w, w_agg.t(), w_kan.t(), w_sub.t(), w_rec.t())
+        carried = (grad_h.new_zeros(B, u), grad_h.new_zeros(B, u), grad_h.new_zeros(B, d))  # dL/d h, c, s
+        per_step = []
+        for t in range(T - 1, -1, -1):
+            out = ctx.backward_step(grad_h[t], *carried, to_gate[t], to_cell[t], slopes[t], rstd[t], zhat[t],
+                                    to_gates[t], f_g[t], *weights_t)
+            carried = out[:3]
+            per_step.append(out[3:])
+        # The steps ran backwards in time: flip once.
+        d_out_gate, d_k, d_s, d_z, d_q, d_gates = (torch.stack(g[::-1]).flatten(0, 1) for g in zip(*per_step))
+        # Each weight gradient is one product over all (step, row) pairs.
+        rows = T * B
+        h_prev = torch.cat([zeros_u, h_all[:-1]]).view(rows, u)
+        s_prev = torch.cat([s_all.new_zeros(1, B, d), s_all[:-1]]).view(rows, d)
+        k_flat = k_all.view(rows, d)
+        grad_w_rec = h_prev.t() @ d_gates
+        grad_ln_w = (d_z * zhat.view(rows, d)).sum(0)
+        grad_ln_b = d_z.sum(0)
+        grad_w_kan = features.view(rows, -1).t() @ d_k
+        grad_b_kan = d_k.sum(0)
+        grad_sub_kernel = torch.cat([(k_flat * d_s).sum(0), (s_prev * d_s).sum(0)])
+        grad_w_sub = s_prev.t() @ d_q
+        grad_w_agg = k_flat.t() @ d_out_gate
+        grad_b_agg = d_out_gate.sum(0)
+        return (None, d_gates.view(T, B, 3 * u), d_q.view(T, B, d), grad_w_rec, grad_ln_w, grad_ln_b, grad_w_kan,
+                grad_b_kan, grad_sub_kernel, grad_w_sub, grad_w_agg, grad_b_agg)

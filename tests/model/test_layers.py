@@ -7,25 +7,49 @@ import torch
 from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, VariableSelection
-from lem_model.tkan import TKAN, KANLinear, bspline_bases, spline_knots
+from lem_model.tkan import TKAN, KANLinear, basis_centres, bspline_bases, spline_knots, spline_terms
 
 
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
-def test_knots_and_bspline_partition_of_unity():
-    knots = spline_knots()
-    assert torch.allclose(knots, torch.linspace(-3, 3, 10))
+def cox_de_boor(z: torch.Tensor, knots: torch.Tensor, order: int = 3) -> torch.Tensor:
+    """The reference's B-spline bases, by the Cox-de Boor recursion on half-open knot intervals."""
+    g = knots.to(z.dtype)
+    x = z.unsqueeze(-1)
+    b = ((x >= g[:-1]) & (x < g[1:])).to(z.dtype)
+    for p in range(1, order + 1):
+        left = (x - g[: -(p + 1)]) / (g[p:-1] - g[: -(p + 1)]) * b[..., :-1]
+        right = (g[p + 1 :] - x) / (g[p + 1 :] - g[1:-p]) * b[..., 1:]
+        b = left + right
+    return b
+
+
+def test_closed_form_bases_and_slopes_equal_the_cox_de_boor_recursion():
+    knots = torch.linspace(-3, 3, 10, dtype=torch.float64)
+    assert torch.allclose(spline_knots().double(), knots)
+    z = torch.cat([torch.linspace(-4, 4, 8001, dtype=torch.float64), knots]).view(-1, 1)  # every knot exactly
+    bases, slopes = spline_terms(z, basis_centres(z), slopes=True)
+    torch.testing.assert_close(bases, cox_de_boor(z, knots), atol=1e-12, rtol=0)
+    step = 1e-6  # the slopes are the derivative of the bases (central differences, off the knots)
+    off_knots = z[:8001][(z[:8001] - knots.view(1, -1)).abs().min(-1).values > 1e-3].view(-1, 1)
+    numeric = (bspline_bases(off_knots + step) - bspline_bases(off_knots - step)) / (2 * step)
+    _, analytic = spline_terms(off_knots, basis_centres(off_knots), slopes=True)
+    torch.testing.assert_close(analytic, numeric, atol=1e-6, rtol=0)
+    assert (bases[:, 0][z[:, 0] < -3] == 0).all() and (bases[z[:, 0] >= 3] == 0).all()
+
+
+def test_bspline_partition_of_unity():
     inside = torch.linspace(-1, 0.9999, 1001).view(-1, 1)
-    b = bspline_bases(inside, knots)
+    b = bspline_bases(inside)
     assert b.shape == (1001, 1, 6)
     assert torch.allclose(b.sum(-1), torch.ones(1001, 1), atol=1e-6)
     assert (b >= 0).all()
     outside = torch.tensor([[-3.5], [-3.0001], [3.0], [3.2], [10.0]])
-    assert (bspline_bases(outside, knots) == 0).all()
+    assert (bspline_bases(outside) == 0).all()
     between = torch.tensor([[-2.0], [2.0]])  # inside the knots but outside the grid: partial sums
-    assert (bspline_bases(between, knots).sum(-1) < 1).all()
+    assert (bspline_bases(between).sum(-1) < 1).all()
 
 
 def test_kan_linear_shapes_and_parameters():
