@@ -215,9 +215,10 @@ class FusedMLP(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         J, d_in, P, H = self.w1.shape
         B = z.shape[0]
-        x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H))  # (J, B, P*H)
-        x = F.relu(x).view(J, B, P, H).permute(0, 2, 1, 3).reshape(J * P, B, H)
-        x = F.relu(torch.baddbmm(self.b2, x, self.w2))  # (J*P, B, H)
+        # ReLU in place: the matmul's output is fresh, and a new tensor would cost more than the ReLU.
+        x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H)).relu_()  # (J, B, P*H)
+        x = x.view(J, B, P, H).transpose(1, 2).reshape(J * P, B, H)
+        x = torch.baddbmm(self.b2, x, self.w2).relu_()  # (J*P, B, H)
         x = torch.baddbmm(self.b3, x, self.w3).view(J, P, B).permute(2, 0, 1)  # (B, J, P)
         if not self.gate_paths:
             return F.softsign(x)
