@@ -174,11 +174,11 @@ class CausalSelfAttention(nn.Module):
         B, T, d = x.shape
         rows = torch.arange(T, device=x.device) if rows is None else rows
         heads, dk = self.num_heads, d // self.num_heads
-        q = (x[:, rows] @ self.qkv[:, :d] + self.qkv_bias[:d]).view(B, -1, heads, dk).transpose(1, 2)
-        k, v = (x @ self.qkv[:, d:] + self.qkv_bias[d:]).view(B, T, 2, heads, dk).permute(2, 0, 3, 1, 4)
+        q = F.linear(x[:, rows], self.qkv[:, :d].t(), self.qkv_bias[:d]).view(B, -1, heads, dk).transpose(1, 2)
+        k, v = F.linear(x, self.qkv[:, d:].t(), self.qkv_bias[d:]).view(B, T, 2, heads, dk).permute(2, 0, 3, 1, 4)
         mask = rows[:, None] >= torch.arange(T, device=x.device)  # (R, T): a row sees itself and earlier
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, R, dk)
-        return y.transpose(1, 2).reshape(B, -1, d) @ self.out + self.out_bias
+        return F.linear(y.transpose(1, 2).reshape(B, -1, d), self.out.t(), self.out_bias)
 
 
 class FusedMLP(nn.Module):
