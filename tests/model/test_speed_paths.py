@@ -173,8 +173,10 @@ def test_attention_at_some_rows_equals_those_rows_of_the_full_attention():
     torch.testing.assert_close(att(x, rows), full[:, rows], atol=1e-6, rtol=0)
 
 
-def test_static_features_equal_the_per_row_computation():
+@pytest.mark.parametrize("row_block", [VariableSelection.ROW_BLOCK, 7], ids=["one-block", "blocks"])
+def test_static_features_equal_the_per_row_computation(row_block):
     vs = VariableSelection(6, 5, 16)
+    vs.ROW_BLOCK = row_block  # 18 rows: several blocks, the last one short
     emb = torch.randn(2, 9, 5, 6)
     emb[..., -2:] = emb[:, :1, :, -2:]  # the last two features constant over time
     fast, weights = vs(emb, n_static=2)
