@@ -14,7 +14,7 @@ from lem_model.allocation import allocate_step, finish_gate
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
 from lem_model.tkan import TKAN, RecurrenceSteps
-from lem_model.vocabulary import EPS, KIND_BENCHMARKS, LN_EPS, N_KINDS
+from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS
 
 
 class LargeExecutionModel(nn.Module):
@@ -26,7 +26,7 @@ class LargeExecutionModel(nn.Module):
         self.embedding = FeatureEmbedding(D, E)
         self.selection = VariableSelection(D, E, H)
         self.rnn = nn.ModuleList([TKAN(H, H) for _ in range(cfg.rnn_layers)])
-        self.rnn_gate_norm = GateAddNorm(H, H, norm=nn.LayerNorm(H, eps=LN_EPS))
+        self.rnn_gate_norm = GateAddNorm(H, H)
         self.enrich = GRN(H, H, H)
         self.attention = CausalSelfAttention(H, cfg.num_heads)
         # Execution head: step s sees the context row, that row's inputs, 4 histories of 4 kinds
@@ -42,22 +42,26 @@ class LargeExecutionModel(nn.Module):
         self.base_notional_curve = nn.Parameter(torch.full((N, J, 2), 1.0 / N))
 
     # -- context -------------------------------------------------------------------------------
-    def context(self, x: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A, S, selection weights): A (B, T, H) where A[:, t] depends on x[:, :t+1] only.
+    # The last two columns of S, the rate limits, are the same in every row of a window.
+    N_STATIC = 2
+
+    def context(self, x: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, S, selection weights): A (B, R, H) at the ``rows`` of x (default all), where a row
+        t depends on x[:, :t+1] only; S (B, T, D) and the weights (B, T, D) cover every row.
 
         The price and volume columns are not context inputs: the reference replaces them by the
         two rate limits, so one network serves every rate configuration.
         """
         B, T, _ = x.shape
-        rates = torch.stack([min_rate, max_rate], dim=-1).unsqueeze(1).expand(B, T, 2)
+        rates = torch.stack([min_rate, max_rate], dim=-1).unsqueeze(1).expand(B, T, self.N_STATIC)
         S = torch.cat([x[..., :-2], rates.to(x.dtype)], dim=-1)  # (B, T, D)
-        xi, weights = self.selection(self.embedding(S))  # (B, T, H)
+        xi, weights = self.selection(self.embedding(S), n_static=self.N_STATIC)  # (B, T, H)
         h = xi
         for layer in self.rnn:
             h = layer(h)
         ctx = self.rnn_gate_norm(h, skip=xi)
-        return self.attention(self.enrich(ctx)), S, weights
+        return self.attention(self.enrich(ctx), rows), S, weights
 
     # -- execution head ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor) -> torch.Tensor:
@@ -68,66 +72,67 @@ class LargeExecutionModel(nn.Module):
             raise ValueError(f"x must be (B, {cfg.seq_len}, {cfg.n_features}) for this config, got {tuple(x.shape)}")
         min_rate = min_rate.reshape(B).to(x.dtype)
         max_rate = max_rate.reshape(B).to(x.dtype)
-        A, S, _ = self.context(x, min_rate, max_rate)
-
         # Row of x the step-s allocator reads (the bar before the one it trades, in causal mode;
         # the traded bar itself in the reference alignment), and the row of the bar step s trades
         # at, as the running price curves see it.
         shift = -1 if cfg.causal else 0
+        read_rows = torch.arange(L + shift, L + N - 1 + shift, device=x.device)  # N-1 rows
+        A, S, _ = self.context(x, min_rate, max_rate, read_rows)  # A (B, N-1, H)
+
         price, volume = x[..., -2], x[..., -1]
-        trade_rows = torch.arange(L + 1 + shift, L + N - 1 + shift, device=x.device)  # N-2 rows
+        trade_rows = read_rows[1:]  # N-2 rows: step s trades at the row step s+1 reads
         p_exec, v_exec = price[:, trade_rows], volume[:, trade_rows]  # (B, N-2)
         count = torch.arange(1, N - 1, device=x.device, dtype=x.dtype)
         market_twap = torch.cumsum(p_exec, 1) / count  # (B, N-2) running TWAP after each step
         market_vwap = torch.cumsum(p_exec * v_exec, 1) / (torch.cumsum(v_exec, 1) + EPS)
+        market = torch.stack([market_vwap, market_twap], dim=1)  # (B, 2, N-2)
+        # What a fill of one unit at the traded price adds to the running "traded" tensor: the
+        # notional of the volume orders, the volume of the notional orders.
+        per_unit = torch.stack([p_exec, 1 / p_exec], dim=-1).view(B, 1, N - 2, N_TARGETS, 1).unbind(2)
 
-        r_min = min_rate.view(B, 1, 1)
-        r_max = max_rate.view(B, 1, 1)
+        # Inside the loop the allocations are (B, J, target, kind): the allocator's 8 proposal
+        # paths in order. Every per-step tensor is unbound once (indexing per step would cost a
+        # full-size zero tensor per step in backward).
+        r_min = min_rate.view(B, 1, 1, 1)
+        r_max = max_rate.view(B, 1, 1, 1)
         gamma = self.scale_factor.view(1, J, 1)
         kinds = torch.tensor(KIND_BENCHMARKS, device=x.device)  # VWAP/TWAP column of the base curves, per kind
-        done_v = x.new_zeros(B, J, N_KINDS)
-        done_n = x.new_zeros(B, J, N_KINDS)
-        notional_v = x.new_zeros(B, J, N_KINDS)  # VTO: notional executed so far
-        volume_n = x.new_zeros(B, J, N_KINDS)  # NTO: volume executed so far
-        hist_alloc_v, hist_alloc_n, hist_price_v, hist_price_n = [], [], [], []
+        base = torch.stack([self.base_volume_curve, self.base_notional_curve], dim=2)[..., kinds].unbind(0)  # (J, 2, 4)
+        context_rows = torch.cat([A, S[:, read_rows]], dim=-1).unbind(1)  # N-1 x (B, H+D)
+        paths = 2 * N_KINDS
+        done = x.new_zeros(B, J, N_TARGETS, N_KINDS)
+        traded = x.new_zeros(B, J, N_TARGETS, N_KINDS)
+        history = []  # per step (B, J, 4, 4): [alloc_v, alloc_n, price_v, price_n] x kind
         steps = []
-        # The rows the allocators read, unbound once (indexing per step would cost a full-size
-        # zero tensor per step in backward).
-        context_rows = torch.cat([A, S], dim=-1)[:, L + shift : L + N - 1 + shift].unbind(1)  # N-1 x (B, H+D)
-        exec_prices = p_exec.unbind(1)
         for s in range(N - 1):
-            context_row = context_rows[s]
-            parts = [context_row[:, None].expand(B, J, -1)]
+            parts = [context_rows[s][:, None].expand(B, J, -1)]
             if s:
-                # Each history (B, J, 4, s) flattened channel-major (index c*s + t), as the reference.
-                parts += [torch.stack(h, dim=-1).flatten(-2)
-                          for h in (hist_alloc_v, hist_alloc_n, hist_price_v, hist_price_n)]
-                market = torch.cat([market_vwap[:, :s], market_twap[:, :s]], dim=-1)  # (B, 2s)
-                parts.append(market[:, None].expand(B, J, 2 * s))
-            z = torch.cat(parts, dim=-1)  # (B, J, H + D + 18 s)
-            out = self.allocators[s](z)  # (B, J, 8 [+ 8 gate logits])
-            g = (1 + out[..., : 2 * N_KINDS]) ** gamma  # (B, J, 8)
-            raw_v = g[..., :N_KINDS] * self.base_volume_curve[s][:, kinds]
-            raw_n = g[..., N_KINDS:] * self.base_notional_curve[s][:, kinds]
-            a_v = allocate_step(raw_v, done_v, r_min, r_max, N - s, cfg.soft_clip_scale)
-            a_n = allocate_step(raw_n, done_n, r_min, r_max, N - s, cfg.soft_clip_scale)
+                # Each history (B, J, 4, s) flattened channel-major (index c*s + t), as the
+                # reference, in the order alloc_v, alloc_n, price_v, price_n; then the market curves.
+                parts.append(torch.stack(history, dim=-1).flatten(2))
+                parts.append(market[:, None, :, :s].expand(B, J, 2, s).flatten(2))
+            out = self.allocators[s](torch.cat(parts, dim=-1))  # (B, J, 8 [+ 8 gate logits])
+            g = ((1 + out[..., :paths]) ** gamma).view(B, J, N_TARGETS, N_KINDS)
+            a = allocate_step(g * base[s], done, r_min, r_max, N - s, cfg.soft_clip_scale)
             if cfg.finish_gate:
-                a_v = finish_gate(a_v, out[..., 2 * N_KINDS : 3 * N_KINDS], done_v, r_max)
-                a_n = finish_gate(a_n, out[..., 3 * N_KINDS :], done_n, r_max)
-            done_v = done_v + a_v
-            done_n = done_n + a_n
-            steps.append(torch.stack([a_v, a_n], dim=-1))
+                a = finish_gate(a, out[..., paths:].view(B, J, N_TARGETS, N_KINDS), done, r_max)
+            done = done + a
+            steps.append(a)
             if s < N - 2:  # what the next allocator will know after this step trades
-                p = exec_prices[s].view(B, 1, 1)
-                notional_v = notional_v + a_v * p
-                volume_n = volume_n + a_n / p
-                hist_alloc_v.append(a_v)
-                hist_alloc_n.append(a_n)
-                hist_price_v.append(notional_v / (done_v + EPS))
-                # Reference quirk: the notional orders' "price curve" is their cumulative notional.
-                hist_price_n.append(done_n if cfg.nto_price_curve == "cumulative_notional" else done_n / (volume_n + EPS))
-        steps.append(torch.stack([1 - done_v, 1 - done_n], dim=-1))  # the last step takes the remainder
-        return torch.stack(steps, dim=1)  # (B, N, J, 4, 2)
+                traded = traded + a * per_unit[s]
+                history.append(torch.cat([a, self.price_curves(done, traded)], dim=2))
+        steps.append(1 - done)  # the last step takes the remainder
+        return torch.stack(steps, dim=1).transpose(-1, -2).contiguous()  # (B, N, J, 4, 2)
+
+    def price_curves(self, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
+        """The running price curves the allocators see, (B, J, 2, 4) as [volume, notional]
+        orders: the average price of the volume orders, and for the notional orders their
+        cumulative notional (the reference's quirk) or their average price."""
+        vto = traded[:, :, 0] / (done[:, :, 0] + EPS)
+        nto = done[:, :, 1]
+        if self.cfg.nto_price_curve != "cumulative_notional":
+            nto = nto / (traded[:, :, 1] + EPS)
+        return torch.stack([vto, nto], dim=2)
 
     # -- constraints applied after every optimiser step, as the reference's Keras constraints ---
     @torch.no_grad()
