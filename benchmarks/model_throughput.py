@@ -32,6 +32,7 @@ import torch
 
 from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL, LEMConfig
+from lem_model.devices import keep_freed_memory
 from lem_model.loss import lem_loss
 from lem_model.train import adam
 
@@ -179,6 +180,7 @@ def main() -> None:
                     help="report even when another process is using the CPU (the numbers are then void)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as lem_model.train does
     if args.device == "cpu":
         busy = busy_processes()
         if busy:

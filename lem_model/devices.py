@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 
 import torch
@@ -22,3 +23,20 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A train step allocates and frees the same large tensors every step; by default glibc maps
+    each large block fresh (mmap) and returns it on free, so every step page-faults all of them
+    in again, which cost about a tenth of a paper-config CPU step (benchmarks/model_throughput.py).
+    Process-wide, so the training entry point and the benchmark call it, not the model. Returns
+    whether it applied (False off glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt's parameter numbers (malloc.h)
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))

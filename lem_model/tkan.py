@@ -35,22 +35,23 @@ def spline_knots(grid_size: int = GRID_SIZE, order: int = SPLINE_ORDER, grid_ran
 
 
 def basis_centres(like: torch.Tensor) -> torch.Tensor:
-    """Where each of the 6 bases peaks, in knot steps from zero: z / h - centre is the cardinal
-    spline's argument."""
-    return torch.arange(N_BASES, device=like.device, dtype=like.dtype) + (FIRST_KNOT / KNOT_STEP + 2)
+    """Where each of the 6 bases peaks, in knot steps from zero, as a (6, 1) column: z / h -
+    centre is the cardinal spline's argument."""
+    return (torch.arange(N_BASES, device=like.device, dtype=like.dtype) + (FIRST_KNOT / KNOT_STEP + 2)).unsqueeze(-1)
 
 
 def spline_terms(z: torch.Tensor, centres: torch.Tensor, slopes: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The 6 cubic B-spline bases on the uniform knots [-3, 3], (..., d) -> (..., d, 6), and with
-    ``slopes`` their derivatives in z (the hand-written backward reads them).
+    """The 6 cubic B-spline bases on the uniform knots [-3, 3], (..., d) -> (..., 6, d) (basis
+    major, so every write is contiguous), and with ``slopes`` their derivatives in z (the
+    hand-written backward reads them).
 
     Basis j is the cardinal cubic B-spline of t = z / h - centre_j, in closed form
     ((2 - |t|)+^3 - 4 (1 - |t|)+^3) / 6: the same function as the reference's Cox-de Boor
     recursion (tests/model/test_layers.py compares them) in a third of the operations, and
     without a branch.
     """
-    t = z.unsqueeze(-1) * (1 / KNOT_STEP) - centres
+    t = z.unsqueeze(-2) * (1 / KNOT_STEP) - centres
     r = t.abs()
     a = (2 - r).clamp_(min=0)
     b = (1 - r).clamp_(min=0)
@@ -62,14 +63,14 @@ def spline_terms(z: torch.Tensor, centres: torch.Tensor, slopes: bool = False
 
 
 def bspline_bases(z: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (..., d, 6): the spline bases alone (:func:`spline_terms`)."""
-    return spline_terms(z, basis_centres(z))[0]
+    """(..., d) -> (..., d, 6), the reference's layout: the spline bases alone (:func:`spline_terms`)."""
+    return spline_terms(z, basis_centres(z))[0].transpose(-1, -2)
 
 
-def kan_features(z: torch.Tensor, centres: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., d) -> (..., d, 7): [relu(z_i), bases(z_i)] per input feature i, the rows
-    KANLinear's interleaved weight multiplies once flattened (written into ``out`` if given)."""
-    return torch.cat([F.relu(z).unsqueeze(-1), spline_terms(z, centres)[0]], dim=-1, out=out)
+def kan_features(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (..., 7, d): [relu(z); bases(z)], the rows KANLinear's reordered weight
+    multiplies once flattened."""
+    return torch.cat([F.relu(z).unsqueeze(-2), spline_terms(z, centres)[0]], dim=-2)
 
 
 class KANLinear(nn.Module):
@@ -77,8 +78,9 @@ class KANLinear(nn.Module):
 
     The base and spline weights are kept as one (d_in * (1 + G + k), d_out) matrix whose rows are
     [relu inputs; spline bases feature-major] (the checkpoint layout). The product is taken with
-    the rows interleaved per input feature (:func:`kan_features`), so the features of one input
-    are contiguous and the backward needs one multiply per feature.
+    the rows in basis-major order (:func:`kan_features`: all relu inputs, then basis 0 of every
+    input, ...), so that the features are built, and their slopes read in the backward, with
+    contiguous writes.
     """
 
     def __init__(self, d_in: int, d_out: int) -> None:
@@ -90,17 +92,17 @@ class KANLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_out))
         glorot_uniform_(self.weight[:d_in], d_in, d_out)
         glorot_uniform_(self.weight[d_in:], d_in * self.n_bases, d_out)
-        # Row i*7 of the interleaved weight is relu input i, row i*7 + 1 + m its basis m.
-        rows = torch.arange(d_in).unsqueeze(-1)
-        order = torch.cat([rows, d_in + rows * self.n_bases + torch.arange(self.n_bases)], dim=-1).flatten()
-        self.register_buffer("interleave", order, persistent=False)
+        # Row c*d + i of the reordered weight: relu input i (c = 0), or basis c-1 of input i.
+        inputs = torch.arange(d_in)
+        splines = d_in + inputs * self.n_bases + torch.arange(self.n_bases).unsqueeze(-1)  # (6, d)
+        self.register_buffer("basis_major", torch.cat([inputs, splines.flatten()]), persistent=False)
 
-    def interleaved_weight(self) -> torch.Tensor:
-        return self.weight[self.interleave]
+    def basis_major_weight(self) -> torch.Tensor:
+        return self.weight[self.basis_major]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = kan_features(self.norm(x), basis_centres(x)).flatten(-2)
-        return torch.addmm(self.bias, features.flatten(0, -2), self.interleaved_weight()).view(*x.shape[:-1], -1)
+        return torch.addmm(self.bias, features.flatten(0, -2), self.basis_major_weight()).view(*x.shape[:-1], -1)
 
 
 class TKAN(nn.Module):
@@ -133,7 +135,7 @@ class TKAN(nn.Module):
         kan_x = (xt.flatten(0, 1) @ self.sub_recurrent_inputs).view(xt.shape)
         kan = self.sub_kan
         steps = self.steps
-        args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.interleaved_weight(),
+        args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.basis_major_weight(),
                 kan.bias, self.sub_kernel, self.sub_recurrent_states, self.aggregated_weight, self.aggregated_bias)
         if torch.is_grad_enabled():
             h = TKANRecurrence.apply(steps, *args)
@@ -148,7 +150,7 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
                  b_agg: torch.Tensor, centres: torch.Tensor, keep: bool) -> tuple[torch.Tensor, ...]:
     """One step of the recurrence: (h, c, s), and with ``keep`` what the backward reads of it
     (the gates, the KAN input q, k, the output gate o, the KAN features and their slopes in z,
-    (B, d, 7))."""
+    (B, 7, d))."""
     d = s.shape[-1]
     gates = torch.sigmoid(torch.addmm(gates_x, h, w_rec))
     i, f, cand = gates.chunk(3, dim=-1)
@@ -156,14 +158,14 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
     q = torch.addmm(kan_x, s, w_sub)
     z = F.layer_norm(q, (d,), ln_w, ln_b, LN_EPS)
     bases, bases_slopes = spline_terms(z, centres, slopes=keep)
-    features = torch.cat([F.relu(z).unsqueeze(-1), bases], dim=-1)
+    features = torch.cat([F.relu(z).unsqueeze(-2), bases], dim=-2)
     k = torch.addmm(b_kan, features.flatten(-2), w_kan)
     s = torch.addcmul(sub_kernel[d:] * s, sub_kernel[:d], k)
     o = torch.sigmoid(torch.addmm(b_agg, k, w_agg))
     h = o * torch.tanh(c)
     if not keep:
         return h, c, s
-    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-1), bases_slopes], dim=-1)
+    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-2), bases_slopes], dim=-2)
     return h, c, s, gates, q, k, o, features, slopes
 
 
@@ -198,7 +200,7 @@ def backward_step(grad_h: torch.Tensor, dh: torch.Tensor, dc: torch.Tensor, ds: 
     d_out_gate = dh * to_gate
     dc = torch.addcmul(dc, dh, to_cell)
     dk = torch.addmm(w1 * ds, d_out_gate, w_agg_t)
-    dz = ((dk @ w_kan_t).view(B, d, -1) * slopes).sum(-1)
+    dz = ((dk @ w_kan_t).view(B, -1, d) * slopes).sum(-2)
     dzhat = dz * ln_w
     dq = rstd * (dzhat - dzhat.mean(-1, keepdim=True) - zhat * (dzhat * zhat).mean(-1, keepdim=True))
     ds_prev = torch.addmm(w2 * ds, dq, w_sub_t)
@@ -226,7 +228,7 @@ class TKANRecurrence(torch.autograd.Function):
     Per step, with the input terms gx = x W_k + b and kx = x W_si precomputed:
         i, f, c~ = sigmoid(gx + h W_r);  c = f c + i tanh(c~)
         k = KAN(kx + s W_ss);  s = w1 k + w2 s;  h = sigmoid(k W_a + b_a) tanh(c)
-    where KAN(q) = kan_features(LN(q)) W + b with the interleaved weight.
+    where KAN(q) = kan_features(LN(q)) W + b with the basis-major weight.
     """
 
     KEPT = ("c", "s", "gates", "q", "k", "o", "features", "slopes")

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
-from lem_model.devices import autocast, resolve_device
+from lem_model.devices import autocast, keep_freed_memory, resolve_device
 from lem_model.loss import aligned_loss, lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics
 from lem_model.model import LargeExecutionModel
@@ -266,6 +266,7 @@ def train(
     if len(val_set) == 0 or len(train_set) == 0:
         raise ValueError(f"training needs windows in both splits: {len(train_set)} train, {len(val_set)} validation")
     device = resolve_device(cfg.device)
+    keep_freed_memory()
     dist_info = _init_distributed(device)
     state_path = Path(state_dir) / TRAINING_STATE
     if dist_info.main:

@@ -30,13 +30,14 @@ def test_closed_form_bases_and_slopes_equal_the_cox_de_boor_recursion():
     knots = torch.linspace(-3, 3, 10, dtype=torch.float64)
     assert torch.allclose(spline_knots().double(), knots)
     z = torch.cat([torch.linspace(-4, 4, 8001, dtype=torch.float64), knots]).view(-1, 1)  # every knot exactly
-    bases, slopes = spline_terms(z, basis_centres(z), slopes=True)
+    bases, slopes = spline_terms(z, basis_centres(z), slopes=True)  # (n, 6, 1): basis major
+    bases = bases.transpose(-1, -2)
     torch.testing.assert_close(bases, cox_de_boor(z, knots), atol=1e-12, rtol=0)
     step = 1e-6  # the slopes are the derivative of the bases (central differences, off the knots)
     off_knots = z[:8001][(z[:8001] - knots.view(1, -1)).abs().min(-1).values > 1e-3].view(-1, 1)
     numeric = (bspline_bases(off_knots + step) - bspline_bases(off_knots - step)) / (2 * step)
     _, analytic = spline_terms(off_knots, basis_centres(off_knots), slopes=True)
-    torch.testing.assert_close(analytic, numeric, atol=1e-6, rtol=0)
+    torch.testing.assert_close(analytic.transpose(-1, -2), numeric, atol=1e-6, rtol=0)
     assert (bases[:, 0][z[:, 0] < -3] == 0).all() and (bases[z[:, 0] >= 3] == 0).all()
 
 
