@@ -147,10 +147,11 @@ class TKAN(nn.Module):
 def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
                  w_rec: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w_kan: torch.Tensor,
                  b_kan: torch.Tensor, sub_kernel: torch.Tensor, w_sub: torch.Tensor, w_agg: torch.Tensor,
-                 b_agg: torch.Tensor, centres: torch.Tensor, keep: bool) -> tuple[torch.Tensor, ...]:
+                 b_agg: torch.Tensor, centres: torch.Tensor, keep: bool, features_out: torch.Tensor | None = None,
+                 slopes_out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """One step of the recurrence: (h, c, s), and with ``keep`` what the backward reads of it
     (the gates, the KAN input q, k, the output gate o, the KAN features and their slopes in z,
-    (B, 7, d))."""
+    (B, 7, d), written into ``features_out`` and ``slopes_out`` when given)."""
     d = s.shape[-1]
     gates = torch.sigmoid(torch.addmm(gates_x, h, w_rec))
     i, f, cand = gates.chunk(3, dim=-1)
@@ -158,32 +159,39 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
     q = torch.addmm(kan_x, s, w_sub)
     z = F.layer_norm(q, (d,), ln_w, ln_b, LN_EPS)
     bases, bases_slopes = spline_terms(z, centres, slopes=keep)
-    features = torch.cat([F.relu(z).unsqueeze(-2), bases], dim=-2)
+    features = torch.cat([F.relu(z).unsqueeze(-2), bases], dim=-2, out=features_out)
     k = torch.addmm(b_kan, features.flatten(-2), w_kan)
     s = torch.addcmul(sub_kernel[d:] * s, sub_kernel[:d], k)
     o = torch.sigmoid(torch.addmm(b_agg, k, w_agg))
     h = o * torch.tanh(c)
     if not keep:
         return h, c, s
-    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-2), bases_slopes], dim=-2)
+    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-2), bases_slopes], dim=-2, out=slopes_out)
     return h, c, s, gates, q, k, o, features, slopes
 
 
 def recurrence(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Tensor, keep: bool = False,
                step=forward_step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forward loop of :class:`TKANRecurrence`: h for every step, (T, B, u), and with
-    ``keep`` the rest of what ``step`` returns, stacked over the steps (what the backward reads)."""
+    ``keep`` the rest of what ``step`` returns, over the steps (what the backward reads). The
+    KAN features and slopes, the largest, are written in place, step by step, while they are in
+    cache; the rest is stacked at the end."""
     T, B, d = kan_x.shape
     centres = basis_centres(kan_x)
     h = gates_x.new_zeros(B, weights[0].shape[0])
     c = torch.zeros_like(h)
     s = kan_x.new_zeros(B, d)
+    features = kan_x.new_empty(T, B, 1 + N_BASES, d) if keep else None
+    slopes = torch.empty_like(features) if keep else None
     steps: list[tuple[torch.Tensor, ...]] = []
     for t in range(T):
-        out = step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep)
+        out = step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep,
+                   *((features[t], slopes[t]) if keep else ()))
         h, c, s = out[:3]
-        steps.append(out)
+        steps.append(out[:7])
     stacked = dict(zip(("h",) + TKANRecurrence.KEPT, (torch.stack(v) for v in zip(*steps))))
+    if keep:
+        stacked.update(features=features, slopes=slopes)
     return stacked.pop("h"), stacked
 
 
