@@ -230,7 +230,10 @@ class FusedMLP(nn.Module):
         x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H)).relu_()  # (J, B, P*H)
         x = x.view(J, B, P, H).transpose(1, 2).reshape(J * P, B, H)
         x = torch.baddbmm(self.b2, x, self.w2).relu_()  # (J*P, B, H)
-        x = torch.baddbmm(self.b3, x, self.w3).view(J, P, B).permute(2, 0, 1)  # (B, J, P)
+        # The last layer has one output per path: a multiply and a sum, not a matmul with an inner
+        # size of 1 (whose backward MKL runs as slow outer products).
+        x = torch.add(self.b3.view(J * P, 1), (x * self.w3.view(J * P, 1, H)).sum(-1))
+        x = x.view(J, P, B).permute(2, 0, 1)  # (B, J, P)
         if not self.gate_paths:
             return F.softsign(x)
         return torch.cat([F.softsign(x[..., : self.PATHS]), x[..., self.PATHS :]], dim=-1)
