@@ -17,14 +17,15 @@ from lem_model.policy import LivePolicy
 TINY = LEMConfig(n_features=5, lookback=10, n_ahead=6, hidden_size=16, num_embedding=4, num_heads=2, fused_hidden=8)
 
 
-def scrambled(cfg: LEMConfig, seed: int) -> LargeExecutionModel:
+def scrambled(cfg: LEMConfig, seed: int, scale: float = 0.3, dtype: torch.dtype = torch.float32
+              ) -> LargeExecutionModel:
     """A model moved away from its symmetric start, as after training: distinct fused paths,
     uneven base curves and scale factors inside their constraints."""
     torch.manual_seed(seed)
-    model = LargeExecutionModel(cfg)
+    model = LargeExecutionModel(cfg).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
         model.base_volume_curve.uniform_(0, 2)
         model.base_notional_curve.uniform_(0, 2)
         model.scale_factor.uniform_(0.5, 1.5)
