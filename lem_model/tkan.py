@@ -4,8 +4,8 @@
 The recurrence is the training step's hot loop (two layers x L + N - 1 steps of small
 matrices), so it runs as one autograd node (:class:`TKANRecurrence`): the forward loop builds no
 autograd graph, the backward loop carries only the state gradients, and every weight gradient is
-one matrix product over all steps at the end. tests/model/test_speed_paths.py holds the plain
-step-by-step autograd spelling it must equal.
+one matrix product over all steps at the end. tests/model/test_tkan_recurrence.py holds the
+plain step-by-step autograd spelling it must equal.
 """
 
 from __future__ import annotations
@@ -130,17 +130,17 @@ class TKAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_in) -> (B, T, units). The input terms of every step are two matrix products
         over the whole sequence; only the recurrent part runs step by step."""
-        xt = x.transpose(0, 1)  # (T, B, d): each step's rows contiguous
-        gates_x = torch.addmm(self.bias, xt.flatten(0, 1), self.kernel).view(*xt.shape[:2], -1)
-        kan_x = (xt.flatten(0, 1) @ self.sub_recurrent_inputs).view(xt.shape)
+        B, T, d = x.shape
+        rows = x.transpose(0, 1).reshape(T * B, d)  # time-major: each step's rows contiguous
+        gates_x = torch.addmm(self.bias, rows, self.kernel).view(T, B, -1)
+        kan_x = (rows @ self.sub_recurrent_inputs).view(T, B, d)
         kan = self.sub_kan
-        steps = self.steps
         args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.basis_major_weight(),
                 kan.bias, self.sub_kernel, self.sub_recurrent_states, self.aggregated_weight, self.aggregated_bias)
         if torch.is_grad_enabled():
-            h = TKANRecurrence.apply(steps, *args)
+            h = TKANRecurrence.apply(self.steps, *args)
         else:
-            h = recurrence(*args, step=steps.forward)[0]
+            h = recurrence(*args, step=self.steps.forward)[0]
         return h.transpose(0, 1)
 
 
