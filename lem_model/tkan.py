@@ -67,10 +67,16 @@ def bspline_bases(z: torch.Tensor) -> torch.Tensor:
     return spline_terms(z, basis_centres(z))[0].transpose(-1, -2)
 
 
-def kan_features(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (..., 7, d): [relu(z); bases(z)], the rows KANLinear's reordered weight
-    multiplies once flattened."""
-    return torch.cat([F.relu(z).unsqueeze(-2), spline_terms(z, centres)[0]], dim=-2)
+def kan_terms(z: torch.Tensor, centres: torch.Tensor, slopes: bool = False, features_out: torch.Tensor | None = None,
+              slopes_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(..., d) -> (..., 7, d): the KAN features [relu(z); bases(z)], the rows KANLinear's
+    reordered weight multiplies once flattened, and with ``slopes`` their derivatives in z
+    (written into ``features_out`` and ``slopes_out`` when given)."""
+    bases, bases_slopes = spline_terms(z, centres, slopes)
+    features = torch.cat([F.relu(z).unsqueeze(-2), bases], dim=-2, out=features_out)
+    if not slopes:
+        return features, None
+    return features, torch.cat([(z > 0).to(z.dtype).unsqueeze(-2), bases_slopes], dim=-2, out=slopes_out)
 
 
 class KANLinear(nn.Module):
@@ -78,7 +84,7 @@ class KANLinear(nn.Module):
 
     The base and spline weights are kept as one (d_in * (1 + G + k), d_out) matrix whose rows are
     [relu inputs; spline bases feature-major] (the checkpoint layout). The product is taken with
-    the rows in basis-major order (:func:`kan_features`: all relu inputs, then basis 0 of every
+    the rows in basis-major order (:func:`kan_terms`: all relu inputs, then basis 0 of every
     input, ...), so that the features are built, and their slopes read in the backward, with
     contiguous writes.
     """
@@ -101,7 +107,7 @@ class KANLinear(nn.Module):
         return self.weight[self.basis_major]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = kan_features(self.norm(x), basis_centres(x)).flatten(-2)
+        features = kan_terms(self.norm(x), basis_centres(x))[0].flatten(-2)
         return torch.addmm(self.bias, features.flatten(0, -2), self.basis_major_weight()).view(*x.shape[:-1], -1)
 
 
@@ -158,15 +164,13 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
     c = torch.addcmul(f * c, i, torch.tanh(cand))
     q = torch.addmm(kan_x, s, w_sub)
     z = F.layer_norm(q, (d,), ln_w, ln_b, LN_EPS)
-    bases, bases_slopes = spline_terms(z, centres, slopes=keep)
-    features = torch.cat([F.relu(z).unsqueeze(-2), bases], dim=-2, out=features_out)
+    features, slopes = kan_terms(z, centres, keep, features_out, slopes_out)
     k = torch.addmm(b_kan, features.flatten(-2), w_kan)
     s = torch.addcmul(sub_kernel[d:] * s, sub_kernel[:d], k)
     o = torch.sigmoid(torch.addmm(b_agg, k, w_agg))
     h = o * torch.tanh(c)
     if not keep:
         return h, c, s
-    slopes = torch.cat([(z > 0).to(z.dtype).unsqueeze(-2), bases_slopes], dim=-2, out=slopes_out)
     return h, c, s, gates, q, k, o, features, slopes
 
 
@@ -236,7 +240,7 @@ class TKANRecurrence(torch.autograd.Function):
     Per step, with the input terms gx = x W_k + b and kx = x W_si precomputed:
         i, f, c~ = sigmoid(gx + h W_r);  c = f c + i tanh(c~)
         k = KAN(kx + s W_ss);  s = w1 k + w2 s;  h = sigmoid(k W_a + b_a) tanh(c)
-    where KAN(q) = kan_features(LN(q)) W + b with the basis-major weight.
+    where KAN(q) = kan_terms(LN(q)) W + b with the basis-major weight.
     """
 
     KEPT = ("c", "s", "gates", "q", "k", "o", "features", "slopes")

@@ -16,8 +16,7 @@ from lem_model.loss import aligned_loss, lem_loss
 from lem_model.metrics import slippage_bps
 from lem_model.vocabulary import OrderKind, Target
 from lem_model.window_dataset import WindowDataset
-
-TINY = LEMConfig(n_features=5, lookback=10, n_ahead=6, hidden_size=16, num_embedding=4, num_heads=2, fused_hidden=8)
+from tests.model.test_model_behaviour import TINY
 
 
 @pytest.fixture(scope="module")

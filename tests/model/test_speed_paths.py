@@ -17,9 +17,8 @@ from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.allocation import allocate_step, finish_gate
 from lem_model.layers import GRN, CausalSelfAttention, VariableSelection
 from lem_model.vocabulary import EPS, KIND_BENCHMARKS, LN_EPS, N_KINDS
-from tests.model.test_model_behaviour import scrambled
+from tests.model.test_model_behaviour import TINY, scrambled
 
-TINY = LEMConfig(n_features=5, lookback=10, n_ahead=6, hidden_size=16, num_embedding=4, num_heads=2, fused_hidden=8)
 BATCH = 6
 # (dtype, allocation tolerance, gradient tolerance as a share of the parameter's largest gradient).
 # float64 is the strict check of the math; float32 gradients are held against float64 (below).

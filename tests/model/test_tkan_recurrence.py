@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lem_model import LargeExecutionModel
+from lem_model.loss import lem_loss
 from lem_model.tkan import TKAN
 from lem_model.vocabulary import LN_EPS
 from tests.model.test_layers import cox_de_boor
+from tests.model.test_model_behaviour import TINY, inputs, scrambled
 
 
 def reference_tkan(layer: TKAN, x: torch.Tensor) -> torch.Tensor:
@@ -77,21 +80,13 @@ def test_fused_recurrence_equals_the_step_by_step_reference(dtype, tol, d, units
 def test_compiled_recurrence_equals_eager_allocations_and_gradients():
     """LargeExecutionModel.compile_recurrence (torch.compile of the step functions): the same
     allocations within 1e-5 and the same gradients, in training and in inference."""
-    from lem_model import LargeExecutionModel
-    from lem_model.config import LEMConfig
-    from lem_model.loss import lem_loss
-
-    cfg = LEMConfig(n_features=5, lookback=6, n_ahead=4, hidden_size=8, num_embedding=3, num_heads=2, fused_hidden=6)
-    torch.manual_seed(0)
-    eager = LargeExecutionModel(cfg)
-    compiled = LargeExecutionModel(cfg)
+    eager = scrambled(TINY, 0, scale=0.1)
+    compiled = LargeExecutionModel(TINY)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_recurrence()
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(6, cfg.seq_len, cfg.n_features, generator=g)
-    x[..., -2] = 1 + 0.01 * torch.randn(6, cfg.seq_len, generator=g).cumsum(1)
-    x[..., -1] = torch.rand(6, cfg.seq_len, generator=g)
-    vol, px = torch.rand(6, cfg.n_ahead, generator=g), 1 + 0.01 * torch.randn(6, cfg.n_ahead, generator=g)
+    x = inputs(TINY, 6, 2)
+    vol, px = torch.rand(6, TINY.n_ahead, generator=g), 1 + 0.01 * torch.randn(6, TINY.n_ahead, generator=g)
     rates = (torch.full((6,), 1 / 16), torch.ones(6))
     allocs = []
     for model in (eager, compiled):
