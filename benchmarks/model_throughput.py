@@ -1,8 +1,9 @@
 """Forward and train-step throughput of the LEM, small config at batch 64 and paper config at
 batch 256, on the CPU with 2 threads (or on CUDA with bf16 autocast when --device cuda).
 
-A train step is what lem_model.train runs per batch: forward, lem_loss, backward, gradient
-clipping, the fused Adam step and the constraint projection.
+A train step is what lem_model.train runs per batch (its make_train_step): forward, lem_loss,
+backward, gradient clipping, the fused Adam step and the constraint projection. On CUDA,
+``--cuda-graphs`` also times that step replayed as one CUDA graph.
 With ``--reference-python`` (the python of a virtualenv holding ``lems`` 0.1.1, see
 benchmarks/reference_lems.py) the reference is timed on the same inputs in the same run, and
 the ratio printed; otherwise the numbers the issue measured for it (172 and 25 train samples/s)
@@ -18,7 +19,6 @@ speed-up starts from the profile (issue 10).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -32,9 +32,9 @@ import torch
 
 from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL, LEMConfig
-from lem_model.devices import keep_freed_memory
-from lem_model.loss import lem_loss
-from lem_model.train import adam
+from lem_model.cuda_graphs import GraphedTrainStep
+from lem_model.devices import autocast, keep_freed_memory
+from lem_model.train import TrainConfig, adam, make_train_step
 
 REFERENCE_TRAIN_SAMPLES_PER_S = {"small": 172.0, "paper": 25.0}  # lems 0.1.1, Keras 3.15 on torch, 2 threads
 
@@ -63,36 +63,38 @@ def timed(fn, steps: int, device: str) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def train_step_fn(cfg: LEMConfig, batch: int, device: str, compiled: bool = False):
-    """(model, forward, train_step) on a fixed random batch: what is timed and profiled."""
+def train_step_fn(cfg: LEMConfig, batch: int, device: str, mode: str = "eager"):
+    """(model, forward, train_step) on a fixed random batch: what is timed and profiled. The
+    step is lem_model.train's own (make_train_step, the reference objective); ``mode``
+    "compiled" compiles the TKAN steps, "graphed" replays the step as a CUDA graph
+    (lem_model.cuda_graphs, CUDA only)."""
     torch.manual_seed(0)
-    model = LargeExecutionModel(cfg).to(device)
-    if compiled:
+    dev = torch.device(device)
+    model = LargeExecutionModel(cfg).to(dev)
+    if mode == "compiled":
         model.compile_recurrence()
-    opt = adam(model.parameters(), lr=1e-5)
+    opt = adam(model.parameters(), lr=1e-5, capturable_on=dev if mode == "graphed" else None)
     x, rmin, rmax, vol, px = make_batch(cfg, batch, device)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext)
+    step = make_train_step(model, opt, TrainConfig(objective="reference"), dev)
+    graphed = GraphedTrainStep(step, model, opt) if mode == "graphed" else None
 
     @torch.no_grad()
     def forward():
-        with amp():
+        with autocast(dev):
             model(x, rmin, rmax)
 
     def train_step():
+        if graphed is not None:
+            graphed((x, vol, px))
+            return
         opt.zero_grad(set_to_none=True)
-        with amp():
-            alloc = model(x, rmin, rmax)
-        loss = lem_loss(alloc.float(), vol, px)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as lem_model.train
-        opt.step()
-        model.project_constraints()
+        step(x, vol, px)
 
     return model, forward, train_step
 
 
-def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, compiled: bool = False) -> tuple[float, float]:
-    model, forward, train_step = train_step_fn(cfg, batch, device, compiled)
+def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, mode: str = "eager") -> tuple[float, float]:
+    model, forward, train_step = train_step_fn(cfg, batch, device, mode)
     model.eval()
     fwd = batch / timed(forward, steps, device)
     model.train()
@@ -171,6 +173,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
     ap.add_argument("--compile", action="store_true", help="also time with the TKAN steps compiled (LargeExecutionModel.compile_recurrence)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="also time the train step replayed as a CUDA graph (CUDA only)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")
     ap.add_argument("--reference-python", default=None, metavar="PYTHON",
@@ -199,8 +202,9 @@ def main() -> None:
             print(f"{name:8} {'lems':8} {batch:5d} {ref_fwd:10.1f} {ref_train:9.1f}")
         else:
             ref_train, source = REFERENCE_TRAIN_SAMPLES_PER_S[name], "issue's figure"
-        for mode in ("eager", "compiled") if args.compile else ("eager",):
-            fwd, train = bench_ours(cfg, batch, args.steps, args.device, compiled=mode == "compiled")
+        modes = ["eager"] + ["compiled"] * args.compile + ["graphed"] * (args.cuda_graphs and args.device == "cuda")
+        for mode in modes:
+            fwd, train = bench_ours(cfg, batch, args.steps, args.device, mode)
             print(f"{name:8} {mode:8} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
                   f"{train / ref_train:5.2f}x")
         if args.profile:

@@ -40,6 +40,9 @@ class LargeExecutionModel(nn.Module):
         # Base curves (step, model, [VWAP, TWAP]); row N-1 is never used, as in the reference.
         self.base_volume_curve = nn.Parameter(torch.full((N, J, 2), 1.0 / N))
         self.base_notional_curve = nn.Parameter(torch.full((N, J, 2), 1.0 / N))
+        # The VWAP/TWAP column of the base curves, per kind; a buffer so no forward copies it to
+        # the device (not saved: it is the vocabulary's, not learnt).
+        self.register_buffer("kind_benchmarks", torch.tensor(KIND_BENCHMARKS), persistent=False)
 
     # -- context -------------------------------------------------------------------------------
     # The last two columns of S, the rate limits, are the same in every row of a window.
@@ -96,8 +99,8 @@ class LargeExecutionModel(nn.Module):
         r_min = min_rate.view(B, 1, 1, 1)
         r_max = max_rate.view(B, 1, 1, 1)
         gamma = self.scale_factor.view(1, J, 1)
-        kinds = torch.tensor(KIND_BENCHMARKS, device=x.device)  # VWAP/TWAP column of the base curves, per kind
-        base = torch.stack([self.base_volume_curve, self.base_notional_curve], dim=2)[..., kinds].unbind(0)  # (J, 2, 4)
+        base_curves = torch.stack([self.base_volume_curve, self.base_notional_curve], dim=2)
+        base = base_curves[..., self.kind_benchmarks].unbind(0)  # N x (J, 2, 4)
         context_rows = torch.cat([A, S[:, read_rows]], dim=-1).unbind(1)  # N-1 x (B, H+D)
         paths = 2 * N_KINDS
         done = x.new_zeros(B, J, N_TARGETS, N_KINDS)

@@ -146,8 +146,19 @@ class TKAN(nn.Module):
         if torch.is_grad_enabled():
             h = TKANRecurrence.apply(self.steps, *args)
         else:
-            h = recurrence(*args, step=self.steps.forward)[0]
+            h = float32_recurrence(*args, step=self.steps.forward)
         return h.transpose(0, 1)
+
+
+def float32_recurrence(*args: torch.Tensor, step) -> torch.Tensor:
+    """The no-grad forward loop in the precision TKANRecurrence trains in: under CUDA's bf16
+    autocast, float32 (its ``custom_fwd(cast_inputs=float32)``), so evaluation and serving
+    compute what training computed; otherwise the inputs' own precision."""
+    device = args[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return recurrence(*args, step=step)[0]
+    with torch.autocast(device, enabled=False):
+        return recurrence(*(a.float() for a in args), step=step)[0]
 
 
 def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
