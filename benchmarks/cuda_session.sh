@@ -3,11 +3,11 @@
 #   1. tests/model/test_cuda.py: CUDA against CPU, compiled against eager, bf16 autocast's
 #      contract, CUDA-graph training against eager training;
 #   2. benchmarks/model_throughput.py on CUDA: the train step, small (batch 64) and paper
-#      (batch 256), eager and replayed as a CUDA graph, with each one's top kernels;
+#      (batch 256), eager, compiled (TKAN steps), replayed as a CUDA graph and both, with the
+#      eager step's top operators and kernels;
 #   3. benchmarks/epoch_throughput.py: one whole epoch of the paper_dow windows replayed as
 #      CUDA graphs, and 100 eager batches of it, each with the projected epoch of the paper's
-#      959k crypto windows;
-#   4. the train step with the TKAN steps compiled (torch.compile), paper config.
+#      959k crypto windows.
 # Each part has a time limit, so one slow part cannot eat the loan.
 # The device's python holds torch but not this project's pipeline dependencies, so the
 # windows are built beforehand (lem_pipeline.windows.build_windows, or `lem run --preset
@@ -24,9 +24,8 @@ nvidia-smi -L
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 # -c /dev/null: the project's pytest settings name dagster's warning classes, absent there.
 timeout 150 $py -m pytest -c /dev/null -p no:cacheprovider -q -rA tests/model/test_cuda.py 2>&1 | tee "$out/tests.log"
-timeout 100 $py benchmarks/model_throughput.py --device cuda --steps 20 --cuda-graphs --profile 8 2>&1 | tee "$out/throughput.log"
+timeout 240 $py benchmarks/model_throughput.py --device cuda --steps 20 --cuda-graphs --compile --profile 8 2>&1 | tee "$out/throughput.log"
 {
     timeout 150 $py benchmarks/epoch_throughput.py --windows "$windows" --cuda-graphs
     timeout 60 $py benchmarks/epoch_throughput.py --windows "$windows" --samples 25600
 } 2>&1 | tee "$out/epoch.log"
-timeout 90 $py benchmarks/model_throughput.py --device cuda --steps 20 --only paper --compile 2>&1 | tee "$out/compiled.log"

@@ -66,17 +66,18 @@ def timed(fn, steps: int, device: str) -> float:
 def train_step_fn(cfg: LEMConfig, batch: int, device: str, mode: str = "eager"):
     """(model, forward, train_step) on a fixed random batch: what is timed and profiled. The
     step is lem_model.train's own (make_train_step, the reference objective); ``mode``
-    "compiled" compiles the TKAN steps, "graphed" replays the step as a CUDA graph
-    (lem_model.cuda_graphs, CUDA only)."""
+    "eager", or "compiled" (the TKAN steps compiled) and/or "graphed" (the step replayed as a
+    CUDA graph, lem_model.cuda_graphs; CUDA only), e.g. "compiled+graphed"."""
     torch.manual_seed(0)
     dev = torch.device(device)
     model = LargeExecutionModel(cfg).to(dev)
-    if mode == "compiled":
+    graphs = "graphed" in mode
+    if "compiled" in mode:
         model.compile_recurrence()
-    opt = adam(model.parameters(), lr=1e-5, capturable_on=dev if mode == "graphed" else None)
+    opt = adam(model.parameters(), lr=1e-5, capturable_on=dev if graphs else None)
     x, rmin, rmax, vol, px = make_batch(cfg, batch, device)
     step = make_train_step(model, opt, TrainConfig(objective="reference"), dev)
-    graphed = GraphedTrainStep(step, model, opt) if mode == "graphed" else None
+    graphed = GraphedTrainStep(step, model, opt) if graphs else None
 
     @torch.no_grad()
     def forward():
@@ -192,24 +193,29 @@ def main() -> None:
                 sys.exit(f"refusing to time: {message} (--allow-busy to time anyway)")
             print(f"WARNING: {message}")
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
-    print(f"{'config':8} {'mode':8} {'batch':>5} {'forward/s':>10} {'train/s':>9} {'ref train/s':>26} {'ratio':>6}")
+    print(f"{'config':8} {'mode':16} {'batch':>5} {'forward/s':>10} {'train/s':>9} {'ref train/s':>26} {'ratio':>6}")
     for name, cfg, batch in (("small", SMALL, 64), ("paper", PAPER, 256)):
         if args.only and name != args.only:
             continue
-        if args.reference_python and args.device == "cpu":
+        if args.device == "cuda":
+            ref_train, source = None, "our eager"  # no GPU reference: the ratio is against our eager, this run
+        elif args.reference_python:
             ref_fwd, ref_train = bench_reference(cfg, batch, args.steps, args.reference_python, args.threads)
             source = "measured now"
-            print(f"{name:8} {'lems':8} {batch:5d} {ref_fwd:10.1f} {ref_train:9.1f}")
+            print(f"{name:8} {'lems':16} {batch:5d} {ref_fwd:10.1f} {ref_train:9.1f}")
         else:
             ref_train, source = REFERENCE_TRAIN_SAMPLES_PER_S[name], "issue's figure"
-        modes = ["eager"] + ["compiled"] * args.compile + ["graphed"] * (args.cuda_graphs and args.device == "cuda")
+        modes = ["eager"] + ["compiled"] * args.compile
+        if args.cuda_graphs and args.device == "cuda":
+            modes += ["graphed"] + ["compiled+graphed"] * args.compile
         for mode in modes:
             fwd, train = bench_ours(cfg, batch, args.steps, args.device, mode)
-            print(f"{name:8} {mode:8} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
+            ref_train = ref_train or train  # on CUDA: the first mode, eager
+            print(f"{name:8} {mode:16} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
                   f"{train / ref_train:5.2f}x")
         if args.profile:
             print(f"  {name}: top {args.profile} operators by self time per train step (eager, batch {batch})")
-            for op, ms, share in profile_ours(cfg, batch, args.steps, args.device, args.profile):
+            for op, ms, share in profile_ours(cfg, batch, min(args.steps, 5), args.device, args.profile):
                 print(f"    {share:6.1%} {ms:9.2f} ms  {op}")
 
 

@@ -28,6 +28,12 @@ class LEMConfig:
         of the order); ``True`` adds a gate per head and path that can take any share of the
         remainder up to all of it (lem_model.allocation.finish_gate), initialised nearly shut
         (logit ``gate_bias``).
+      - ``rule_signal=False``: with the finish gate, ``True`` adds to each gate's logit a learnt
+        multiple of the early-stop rule's signal, the last traded bar's price against the
+        average price paid so far, in bps (lem_model.model, ``rule_weight``). The allocators
+        see both prices among inputs of order 1, where a 20 bps difference is 0.002: too small
+        to learn a threshold on in a CPU budget. The multiple starts at ``rule_signal_init``
+        per side (0: no prior; 1: the rule's decision, give or take the gate's bias).
     """
 
     n_features: int = 7
@@ -47,8 +53,12 @@ class LEMConfig:
     fused_init: Literal["tiled", "independent"] = "tiled"
     finish_gate: bool = False
     gate_bias: float = -4.0
+    rule_signal: bool = False
+    rule_signal_init: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.rule_signal and not self.finish_gate:
+            raise ValueError("rule_signal feeds the finish gate: it needs finish_gate=True")
         if self.n_ahead < 2:
             raise ValueError(f"n_ahead must be >= 2 (the last step takes the remainder), got {self.n_ahead}")
         if self.n_features < 3:

@@ -14,7 +14,7 @@ from lem_model.allocation import allocate_step, finish_gate
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
 from lem_model.tkan import TKAN, RecurrenceSteps
-from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS
+from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS, OrderKind, Side
 
 
 class LargeExecutionModel(nn.Module):
@@ -43,6 +43,17 @@ class LargeExecutionModel(nn.Module):
         # The VWAP/TWAP column of the base curves, per kind; a buffer so no forward copies it to
         # the device (not saved: it is the vocabulary's, not learnt).
         self.register_buffer("kind_benchmarks", torch.tensor(KIND_BENCHMARKS), persistent=False)
+        if cfg.rule_signal:
+            # Per step, head, target and kind: the gate logit's weight on the rule's signal,
+            # starting as the rule (lem_model.baselines.early_stop_rule) scaled by
+            # rule_signal_init: a buy finishes when the last price is below the average paid
+            # (signal < 0), a sell when above, head j from step max(j, 1) on, and the Match head
+            # never.
+            side = torch.tensor([-1.0 if OrderKind(k).side == Side.BUY else 1.0 for k in range(N_KINDS)])
+            step, head = torch.arange(N - 1).view(-1, 1), torch.arange(J).view(1, -1)
+            active = ((head < N) & (step >= head.clamp(min=1))).to(side.dtype)  # (N-1, J)
+            prior = cfg.rule_signal_init * active.view(N - 1, J, 1, 1) * side
+            self.rule_weight = nn.Parameter(prior.expand(N - 1, J, N_TARGETS, N_KINDS).clone())
 
     # -- context -------------------------------------------------------------------------------
     # The last two columns of S, the rate limits, are the same in every row of a window.
@@ -114,11 +125,17 @@ class LargeExecutionModel(nn.Module):
                 # reference, in the order alloc_v, alloc_n, price_v, price_n; then the market curves.
                 parts.append(torch.stack(history, dim=-1).flatten(2))
                 parts.append(market[:, None, :, :s].expand(B, J, 2, s).flatten(2))
-            out = self.allocators[s](torch.cat(parts, dim=-1))  # (B, J, 8 [+ 8 gate logits])
+            # The allocator's outputs in the input precision (float32 under bf16 autocast): the
+            # proposals are fractions of the order and the gate logits meet the rule's signal in
+            # basis points, finer than bf16's 3 significant digits.
+            out = self.allocators[s](torch.cat(parts, dim=-1)).to(x.dtype)  # (B, J, 8 [+ 8 gate logits])
             g = ((1 + out[..., :paths]) ** gamma).view(B, J, N_TARGETS, N_KINDS)
             a = allocate_step(g * base[s], done, r_min, r_max, N - s, cfg.soft_clip_scale)
             if cfg.finish_gate:
-                a = finish_gate(a, out[..., paths:].view(B, J, N_TARGETS, N_KINDS), done, r_max)
+                logit = out[..., paths:].view(B, J, N_TARGETS, N_KINDS)
+                if cfg.rule_signal and s:
+                    logit = logit + self.rule_weight[s] * self.rule_signal(p_exec[:, s - 1], done, traded)
+                a = finish_gate(a, logit, done, r_max)
             done = done + a
             steps.append(a)
             if s < N - 2:  # what the next allocator will know after this step trades
@@ -126,6 +143,18 @@ class LargeExecutionModel(nn.Module):
                 history.append(torch.cat([a, self.price_curves(done, traded)], dim=2))
         steps.append(1 - done)  # the last step takes the remainder
         return torch.stack(steps, dim=1).transpose(-1, -2).contiguous()  # (B, N, J, 4, 2)
+
+    @staticmethod
+    def rule_signal(last_price: torch.Tensor, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
+        """(B, J, 2, 4): the last traded bar's price against the average price paid so far, in
+        bps, as the early-stop rule reads it (lem_model.baselines.early_stop_rule); 0 where
+        nothing is done yet. ``traded`` holds the volume orders' notional and the notional
+        orders' volume, so their average prices are traded / done and done / traded."""
+        started = done > 1e-6
+        average = torch.stack([traded[:, :, 0] / done[:, :, 0].clamp(min=1e-6),
+                               done[:, :, 1] / traded[:, :, 1].clamp(min=1e-12)], dim=2)
+        signal = (last_price.view(-1, 1, 1, 1) / average - 1) * 1e4
+        return torch.where(started, signal, torch.zeros_like(signal))
 
     def price_curves(self, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
         """The running price curves the allocators see, (B, J, 2, 4) as [volume, notional]

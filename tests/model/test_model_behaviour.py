@@ -44,14 +44,17 @@ def inputs(cfg: LEMConfig, batch: int, seed: int) -> torch.Tensor:
     return x
 
 
-GATES = pytest.mark.parametrize("gate", [False, True], ids=["reference-allocator", "finish-gate"])
+# The allocators: the reference's, the finish gate, and the gate fed the early-stop rule's signal.
+ALLOCATORS = {"reference-allocator": {}, "finish-gate": {"finish_gate": True},
+              "rule-signal": {"finish_gate": True, "rule_signal": True}}
+GATES = pytest.mark.parametrize("gate", list(ALLOCATORS.values()), ids=list(ALLOCATORS))
 
 
 @GATES
 @pytest.mark.parametrize("seed", range(12))
 def test_allocations_are_feasible_and_respect_the_minimum_rate(seed, gate):
     g = torch.Generator().manual_seed(1000 + seed)
-    cfg = dataclasses.replace(TINY, n_ahead=int(torch.randint(2, 9, (1,), generator=g)), finish_gate=gate)
+    cfg = dataclasses.replace(TINY, n_ahead=int(torch.randint(2, 9, (1,), generator=g)), **gate)
     model = scrambled(cfg, seed)
     B, N = 16, cfg.n_ahead
     min_rate = torch.rand(B, generator=g) / N  # feasible: N * min_rate <= 1
@@ -69,7 +72,7 @@ def test_allocations_are_feasible_and_respect_the_minimum_rate(seed, gate):
 @GATES
 @pytest.mark.parametrize("causal", [True, False])
 def test_step_k_reads_only_earlier_bars(causal, gate):
-    cfg = dataclasses.replace(TINY, causal=causal, finish_gate=gate)
+    cfg = dataclasses.replace(TINY, causal=causal, **gate)
     model = scrambled(cfg, 7)
     L, N = cfg.lookback, cfg.n_ahead
     x = inputs(cfg, 4, 3)
@@ -91,7 +94,7 @@ def test_step_k_reads_only_earlier_bars(causal, gate):
 
 @GATES
 def test_live_policy_reproduces_the_batch_forward(gate):
-    cfg = dataclasses.replace(TINY, finish_gate=gate)
+    cfg = dataclasses.replace(TINY, **gate)
     model = scrambled(cfg, 11)
     x = inputs(cfg, 1, 5)
     L, N = cfg.lookback, cfg.n_ahead

@@ -1,0 +1,68 @@
+"""The finish gate fed the early-stop rule's signal (LEMConfig.rule_signal): the signal is the
+rule's own quantity, and the prior it starts from finishes where the rule would."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lem_model import LargeExecutionModel, LEMConfig
+from lem_model.vocabulary import OrderKind, Target
+from tests.model.test_model_behaviour import TINY, inputs
+
+RULE = dataclasses.replace(TINY, finish_gate=True, fused_init="independent", rule_signal=True)
+BUYS = [OrderKind.BUY_VWAP, OrderKind.BUY_TWAP]
+SELLS = [OrderKind.SELL_VWAP, OrderKind.SELL_TWAP]
+
+
+def test_the_signal_is_the_last_price_against_the_average_paid_in_bps():
+    prices = torch.tensor([[1.00, 1.02, 0.97]], dtype=torch.float64)
+    a = 0.25  # three equal fills
+    done = torch.full((1, 1, 2, 4), 3 * a, dtype=torch.float64)
+    traded = torch.empty_like(done)
+    traded[:, :, Target.VOLUME] = a * prices.sum()  # notional paid by the quantity orders
+    traded[:, :, Target.NOTIONAL] = a * (1 / prices).sum()  # volume bought by the notional orders
+    signal = LargeExecutionModel.rule_signal(prices[:, -1], done, traded)
+    mean, harmonic = prices.mean(), 3 / (1 / prices).sum()
+    torch.testing.assert_close(signal[0, 0, Target.VOLUME], ((0.97 / mean - 1) * 1e4).expand(4), rtol=1e-12, atol=0)
+    torch.testing.assert_close(signal[0, 0, Target.NOTIONAL], ((0.97 / harmonic - 1) * 1e4).expand(4), rtol=1e-12, atol=0)
+    nothing = LargeExecutionModel.rule_signal(prices[:, -1], torch.zeros_like(done), torch.zeros_like(traded))
+    assert torch.equal(nothing, torch.zeros_like(nothing))  # nothing done yet: no average to compare with
+
+
+def test_the_prior_finishes_a_buy_as_the_rule_does_when_prices_fall():
+    """Prices fall 2% a bar. The rule (from step max(j, 1), on the bar before) finishes buys at
+    step 2 (at step 1 the last price is the only one paid: a tie), never sells early, head j only
+    from step j on, and the Match head never."""
+    torch.manual_seed(0)
+    model = LargeExecutionModel(RULE).eval()
+    L, N = RULE.lookback, RULE.n_ahead
+    x = inputs(RULE, 4, 0)
+    x[:, L:, -2] = 0.98 ** torch.arange(RULE.seq_len - L, dtype=x.dtype)
+    with torch.no_grad():
+        alloc = model(x, torch.full((4,), 1 / N**2), torch.ones(4))
+    for j in range(3):  # finished at step 2
+        assert (alloc[:, 2, j, BUYS] > 0).all() and (alloc[:, 3:, j, BUYS] == 0).all(), j
+        assert (alloc[:, 3:, j, SELLS].sum(1) > 0.1).all(), j  # a sell still has much left
+    assert (alloc[:, 3, 3, BUYS] > 0).all() and (alloc[:, 4:, 3, BUYS] == 0).all()  # head 3: from step 3
+    assert (alloc[:, 3:, N].sum(1) > 0.1).all()  # the Match head does not finish early
+    torch.testing.assert_close(alloc.sum(1), torch.ones_like(alloc.sum(1)), atol=1e-6, rtol=0)
+
+
+def test_without_the_prior_the_signal_starts_unused():
+    cfg = dataclasses.replace(RULE, rule_signal_init=0.0)
+    torch.manual_seed(1)
+    with_signal = LargeExecutionModel(cfg).eval()
+    plain = LargeExecutionModel(dataclasses.replace(cfg, rule_signal=False)).eval()
+    plain.load_state_dict({k: v for k, v in with_signal.state_dict().items() if k != "rule_weight"})
+    x = inputs(cfg, 3, 1)
+    rates = (torch.full((3,), 0.02), torch.ones(3))
+    with torch.no_grad():
+        assert torch.equal(with_signal(x, *rates), plain(x, *rates))
+
+
+def test_the_signal_needs_the_finish_gate():
+    with pytest.raises(ValueError, match="needs finish_gate=True"):
+        LEMConfig(rule_signal=True)
