@@ -26,6 +26,7 @@ class TrainingRunConfig(dg.Config):
     seeds: int | None = None  # > 1: that many trainings, seeds seed..seed+seeds-1 (lem_pipeline.seed_training)
     causal: bool = True  # False reproduces the reference's one-bar look-ahead, to measure it
     compile_recurrence: bool = False
+    cuda_graphs: bool = False  # on a GPU, replay the train step as a CUDA graph (lem_model.cuda_graphs)
 
 
 def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, config: TrainingRunConfig,
@@ -33,7 +34,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr), ("batch_size", config.batch_size),
                                    ("seed", config.seed), ("seeds", config.seeds)) if v is not None}
     tcfg = dataclasses.replace(preset.training, **overrides, compile_recurrence=config.compile_recurrence,
-                               progress=False)
+                               cuda_graphs=config.cuda_graphs, progress=False)
     seeded = train_seeds_for_asset(dataset, dataset, tcfg, causal=config.causal, preset=preset, lake=lake,
                                    tracking=tracking, run_id=context.run.run_id,
                                    asset_key=context.asset_key.to_user_string(), log=context.log.info)
