@@ -134,7 +134,7 @@ class LargeExecutionModel(nn.Module):
             if cfg.finish_gate:
                 logit = out[..., paths:].view(B, J, N_TARGETS, N_KINDS)
                 if cfg.rule_signal and s:
-                    logit = logit + self.rule_weight[s] * self.rule_signal(p_exec[:, s - 1], done, traded)
+                    logit = logit + self.rule_weight[s] * self.rule_signal_bps(p_exec[:, s - 1], done, traded)
                 a = finish_gate(a, logit, done, r_max)
             done = done + a
             steps.append(a)
@@ -145,7 +145,7 @@ class LargeExecutionModel(nn.Module):
         return torch.stack(steps, dim=1).transpose(-1, -2).contiguous()  # (B, N, J, 4, 2)
 
     @staticmethod
-    def rule_signal(last_price: torch.Tensor, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
+    def rule_signal_bps(last_price: torch.Tensor, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
         """(B, J, 2, 4): the last traded bar's price against the average price paid so far, in
         bps, as the early-stop rule reads it (lem_model.baselines.early_stop_rule); 0 where
         nothing is done yet. ``traded`` holds the volume orders' notional and the notional

@@ -24,11 +24,11 @@ def test_the_signal_is_the_last_price_against_the_average_paid_in_bps():
     traded = torch.empty_like(done)
     traded[:, :, Target.VOLUME] = a * prices.sum()  # notional paid by the quantity orders
     traded[:, :, Target.NOTIONAL] = a * (1 / prices).sum()  # volume bought by the notional orders
-    signal = LargeExecutionModel.rule_signal(prices[:, -1], done, traded)
+    signal = LargeExecutionModel.rule_signal_bps(prices[:, -1], done, traded)
     mean, harmonic = prices.mean(), 3 / (1 / prices).sum()
     torch.testing.assert_close(signal[0, 0, Target.VOLUME], ((0.97 / mean - 1) * 1e4).expand(4), rtol=1e-12, atol=0)
     torch.testing.assert_close(signal[0, 0, Target.NOTIONAL], ((0.97 / harmonic - 1) * 1e4).expand(4), rtol=1e-12, atol=0)
-    nothing = LargeExecutionModel.rule_signal(prices[:, -1], torch.zeros_like(done), torch.zeros_like(traded))
+    nothing = LargeExecutionModel.rule_signal_bps(prices[:, -1], torch.zeros_like(done), torch.zeros_like(traded))
     assert torch.equal(nothing, torch.zeros_like(nothing))  # nothing done yet: no average to compare with
 
 
