@@ -8,7 +8,11 @@ one-line rule achieves:
   - a causal early-stop rule: trade TWAP (1/N per bar); for minimum duration j+1 (head j),
     finish the whole remainder at the first bar k >= max(j, 1) whose previous bar's VWAP is below
     (buy) or above (sell) the average price achieved so far. It decides with bars before k only,
-    and bars 0..j are always in its benchmark (the minimum duration).
+    and bars 0..j are always in its benchmark (the minimum duration);
+  - the same rule with a threshold per head and side fitted on the training windows
+    (:func:`fit_stop_thresholds`): finish only when the previous bar beats the average by more
+    than the threshold. The LEM's finish gate can start as it (LEMConfig.rule_prior), so it is
+    the baseline that shows what the network adds to a better-tuned rule.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lem_model.metrics import slippage_bps
 from lem_model.vocabulary import OrderKind, Side, Target
 
 _TIE = 1e-9  # relative: price differences below this are ties (float64 rounding is ~1e-16)
@@ -67,14 +72,18 @@ class VolumeProfile:
             np.zeros((0, len(self.overall)))
 
 
-def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) -> torch.Tensor:
+def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False,
+                    thresholds_bps: torch.Tensor | None = None) -> torch.Tensor:
     """The rule's allocations (B, N, N+1, 4, 2). For model j < N (minimum duration j+1) the
     rule trades 1/N per bar and finishes at the first bar k >= max(j, 1) where the previous
-    bar's VWAP beats the average achieved so far; model N is plain TWAP.
+    bar's VWAP beats the average achieved so far (by more than ``thresholds_bps[j, side]`` bps,
+    when given: (N+1, 2), sides as :class:`Side`); model N is plain TWAP.
 
     ``peek=True`` decides at k from bar k itself, the bar it trades in: not achievable live; it
     is the yardstick a training objective must rank above the causal rule."""
     B, N = prices.shape
+    margins = (thresholds_bps.double().cpu() * 1e-4 if thresholds_bps is not None
+               else torch.zeros(n_models, len(Side), dtype=torch.float64))
     out = prices.new_zeros(B, N, n_models, len(OrderKind), len(Target))
     for j in range(n_models):
         for side in Side:
@@ -93,7 +102,7 @@ def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) 
                         # Cheaper to buy, dearer to sell, by more than rounding: paid / done is the
                         # price itself give or take an ulp while one price was paid (at k = 1 the
                         # previous bar is that price), and rounding must not decide.
-                        better = sign * (seen - average) < -_TIE * average
+                        better = sign * (seen - average) < -(_TIE + float(margins[j, side])) * average
                         a = torch.where(better, 1 - done, a)
                     a = torch.minimum(a, 1 - done).clamp(min=0)
                     alloc[:, k] = a
@@ -102,4 +111,32 @@ def early_stop_rule(prices: torch.Tensor, n_models: int, *, peek: bool = False) 
                 for kind in OrderKind:
                     if kind.side == side:  # the rule ignores the benchmark: VWAP and TWAP orders trade alike
                         out[:, :, j, kind, target] = alloc
+    return out
+
+
+# The thresholds :func:`fit_stop_thresholds` chooses from, in bps: 0 is the one-line rule.
+STOP_THRESHOLD_GRID = tuple(range(0, 161, 8))
+
+
+@torch.no_grad()
+def fit_stop_thresholds(volumes: torch.Tensor, prices: torch.Tensor, n_models: int,
+                        grid_bps: tuple[float, ...] = STOP_THRESHOLD_GRID) -> torch.Tensor:
+    """(N+1, 2): per head and side, the threshold of the grid whose early-stop rule has the best
+    mean slippage on these (training) windows, its VWAP and TWAP orders in both targets taken
+    together; the Match head's are 0 (it never stops early).
+
+    The one-line rule finishes on any improvement, however small; on the Dow 30's training
+    windows waiting for 60-100 bps is worth 10-15 bps at the short minimum periods, and the best
+    threshold falls with the minimum period (docs/DESIGN.md, "The rule's signal")."""
+    volumes, prices = volumes.double(), prices.double()
+    sign = torch.tensor([1.0 if k.side == Side.BUY else -1.0 for k in OrderKind], dtype=torch.float64)
+    costs = []  # per grid value: (N+1, 2) mean side-signed slippage (lower is better)
+    for theta in grid_bps:
+        thresholds = torch.full((n_models, len(Side)), float(theta))
+        slip = slippage_bps(early_stop_rule(prices, n_models, thresholds_bps=thresholds), volumes, prices)
+        per_kind = (slip * sign.view(1, 1, -1, 1)).mean(dim=(0, 3))  # (N+1, 4)
+        costs.append(torch.stack([per_kind[:, [k for k in OrderKind if k.side == side]].mean(1) for side in Side], 1))
+    best = torch.stack(costs).argmin(0)  # (N+1, 2)
+    out = torch.tensor(grid_bps, dtype=torch.float32)[best]
+    out[prices.shape[1]:] = 0.0  # the Match head
     return out

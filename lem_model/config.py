@@ -33,7 +33,14 @@ class LEMConfig:
         average price paid so far, in bps (lem_model.model, ``rule_weight``). The allocators
         see both prices among inputs of order 1, where a 20 bps difference is 0.002: too small
         to learn a threshold on in a CPU budget. The multiple starts at ``rule_signal_init``
-        per side (0: no prior; 1: the rule's decision, give or take the gate's bias).
+        per side (0: no prior; 1: the rule's decision, give or take the gate's bias). The
+        signal enters the logit divided by ``rule_signal_scale`` (bps per unit of logit), so a
+        unit of the network's own gate output moves the threshold by that many bps.
+      - ``rule_prior="rule"``: the gate starts as the rule give or take its bias; ``"fitted"``
+        starts it as the rule with a threshold per head and side fitted on the training windows
+        (lem_model.baselines.fit_stop_thresholds; lem_model.train sets it before the first
+        epoch, :meth:`LargeExecutionModel.set_stop_thresholds`), kept in the state dict as
+        ``stop_thresholds`` so an evaluation can score that fitted rule beside the model.
     """
 
     n_features: int = 7
@@ -55,10 +62,16 @@ class LEMConfig:
     gate_bias: float = -4.0
     rule_signal: bool = False
     rule_signal_init: float = 1.0
+    rule_signal_scale: float = 1.0
+    rule_prior: Literal["rule", "fitted"] = "rule"
 
     def __post_init__(self) -> None:
         if self.rule_signal and not self.finish_gate:
             raise ValueError("rule_signal feeds the finish gate: it needs finish_gate=True")
+        if self.rule_prior == "fitted" and not self.rule_signal:
+            raise ValueError("rule_prior='fitted' sets the rule signal's thresholds: it needs rule_signal=True")
+        if self.rule_signal_scale <= 0:
+            raise ValueError(f"rule_signal_scale must be > 0 (bps per unit of logit), got {self.rule_signal_scale}")
         if self.n_ahead < 2:
             raise ValueError(f"n_ahead must be >= 2 (the last step takes the remainder), got {self.n_ahead}")
         if self.n_features < 3:

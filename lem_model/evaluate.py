@@ -41,6 +41,9 @@ class EvalArrays:
     # not evaluated: the static VWAP of the training volume profile, and Almgren-Chriss.
     profile_bps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     almgren_chriss_bps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # (n, N+1, 4, 2), empty unless the model's gate started as a fitted rule (LEMConfig.rule_prior
+    # "fitted"): that rule, with the model's stop_thresholds, on the same windows.
+    fitted_rule_bps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def n_ahead(self) -> int:
@@ -72,7 +75,8 @@ class EvalArrays:
                    all_finite=all(ev.all_finite for _, ev in parts))
 
 
-PER_WINDOW = ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps", "profile_bps", "almgren_chriss_bps")
+PER_WINDOW = ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps", "profile_bps", "almgren_chriss_bps",
+              "fitted_rule_bps")
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
     parts: dict[str, list[np.ndarray]] = {k: [] for k in PER_WINDOW}
     alloc_sum = torch.zeros(N, J, len(OrderKind), len(Target), dtype=torch.float64)
     max_err, finite, n = 0.0, True, 0
+    thresholds = model.stop_thresholds.cpu() if model.cfg.rule_prior == "fitted" else None
     for x, vol, px in DataLoader(data, batch_size=batch_size):
         x, vol, px = x.to(device), vol.to(device).double(), px.to(device).double()
         B = len(x)
@@ -126,6 +131,9 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
         alloc_sum += alloc.sum(0).cpu()
         rule = early_stop_rule(px, J)
         per_window = {"model_bps": slippage_bps(alloc, vol, px).float(), "rule_bps": slippage_bps(rule, vol, px).float()}
+        if thresholds is not None:
+            fitted = early_stop_rule(px, J, thresholds_bps=thresholds)
+            per_window["fitted_rule_bps"] = slippage_bps(fitted, vol, px).float()
         per_window["twap_volume_bps"], per_window["twap_notional_bps"] = (t.float() for t in twap_baselines(vol, px))
         if baselines is not None:
             x, vol, px, alloc, rule = x.cpu(), vol.cpu(), px.cpu(), alloc.cpu(), rule.cpu()
@@ -145,7 +153,8 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
         n += B
     cat = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
     return EvalArrays(cat["model_bps"], cat["rule_bps"], cat["twap_volume_bps"], cat["twap_notional_bps"],
-                      (alloc_sum / max(n, 1)).numpy(), max_err, finite, cat["profile_bps"], cat["almgren_chriss_bps"])
+                      (alloc_sum / max(n, 1)).numpy(), max_err, finite, cat["profile_bps"], cat["almgren_chriss_bps"],
+                      cat["fitted_rule_bps"])
 
 
 # -- the numbers of the tables -----------------------------------------------------------------

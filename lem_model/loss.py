@@ -4,6 +4,8 @@ soft completion mask; and ``aligned_loss``, the same terms scored as the tables 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -20,21 +22,32 @@ def lem_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, a
     return _objective(dif, volumes.shape[1])
 
 
-def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
+def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, tau: float = 0.05,
+                 sides: Literal["paired", "separate"] = "paired") -> torch.Tensor:
     """lem_loss's terms with the tables' completion mask: a bar after the order completes is out
     of both the achieved price and the benchmark (the reference keeps half of it in), so an order
     that finishes early at a good price scores as it does in the tables. The mask's gradient is
     a straight-through estimate (lem_model.slippage.straight_through_mask) that differs by
-    minimum-duration head from the first step."""
+    minimum-duration head from the first step.
+
+    ``sides``: "paired" scores each buy against the sell of the same head, kind and target,
+    softplus(buy - sell), as the reference; "separate" scores each side against its own
+    benchmark, softplus(buy) + softplus(-sell), as the tables do. Under "paired" a change common
+    to both sides (both schedules leaning later, a bet on the drift) cancels in the difference,
+    so nothing holds it: it wanders in training, and shows in the tables as a gain on one side
+    and the mirror loss on the other."""
     dif = percent_difference(alloc, volumes, prices, soft_alpha=None, bench_eps_numerator=False,
                              straight_through_tau=tau)
-    return _objective(dif, volumes.shape[1])
+    return _objective(dif, volumes.shape[1], sides)
 
 
-def _objective(dif: torch.Tensor, N: int) -> torch.Tensor:
+def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] = "paired") -> torch.Tensor:
     B = dif.shape[0]
     buys = dif[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]  # (B, N, 2, 2): [VWAP, TWAP] x target
     sells = dif[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
-    pnl = F.softplus(buys - sells)
+    if sides == "paired":
+        pnl = F.softplus(buys - sells).sum()
+    else:  # as many terms as paired, each side's half of the weight
+        pnl = (F.softplus(buys).sum() + F.softplus(-sells).sum()) / 2
     risk = F.softplus(dif[:, N].abs())  # (B, 4, 2)
-    return (pnl.sum() + risk.sum()) / (B * N * 2 * 2 + B * 4 * 2)
+    return (pnl + risk.sum()) / (B * N * 2 * 2 + B * 4 * 2)

@@ -54,6 +54,11 @@ class LargeExecutionModel(nn.Module):
             active = ((head < N) & (step >= head.clamp(min=1))).to(side.dtype)  # (N-1, J)
             prior = cfg.rule_signal_init * active.view(N - 1, J, 1, 1) * side
             self.rule_weight = nn.Parameter(prior.expand(N - 1, J, N_TARGETS, N_KINDS).clone())
+            self.register_buffer("rule_active", active, persistent=False)
+        if cfg.rule_prior == "fitted":
+            # (J, side) in bps, set by set_stop_thresholds; saved, so an evaluation can score the
+            # fitted rule the gate started as.
+            self.register_buffer("stop_thresholds", torch.zeros(J, len(Side)))
 
     # -- context -------------------------------------------------------------------------------
     # The last two columns of S, the rate limits, are the same in every row of a window.
@@ -134,7 +139,8 @@ class LargeExecutionModel(nn.Module):
             if cfg.finish_gate:
                 logit = out[..., paths:].view(B, J, N_TARGETS, N_KINDS)
                 if cfg.rule_signal and s:
-                    logit = logit + self.rule_weight[s] * self.rule_signal_bps(p_exec[:, s - 1], done, traded)
+                    signal = self.rule_signal_bps(p_exec[:, s - 1], done, traded) / cfg.rule_signal_scale
+                    logit = logit + self.rule_weight[s] * signal
                 a = finish_gate(a, logit, done, r_max)
             done = done + a
             steps.append(a)
@@ -155,6 +161,33 @@ class LargeExecutionModel(nn.Module):
                                done[:, :, 1] / traded[:, :, 1].clamp(min=1e-12)], dim=2)
         signal = (last_price.view(-1, 1, 1, 1) / average - 1) * 1e4
         return torch.where(started, signal, torch.zeros_like(signal))
+
+    @torch.no_grad()
+    def set_stop_thresholds(self, thresholds_bps: torch.Tensor) -> None:
+        """Start the allocators as the early-stop rule with these thresholds, (J, 2) in bps per
+        head and side (lem_model.baselines.fit_stop_thresholds): their last layer starts at
+        exactly 0, so each step proposes its base curve (TWAP) and each gate is the rule: where
+        the rule decides (step >= max(j, 1), not the Match head) its bias is -threshold / scale,
+        elsewhere ``gate_bias`` (shut). Training moves it by context from there (a last layer
+        started at zero, so the first updates are small)."""
+        cfg = self.cfg
+        if cfg.rule_prior != "fitted":
+            raise ValueError("set_stop_thresholds needs LEMConfig(rule_prior='fitted')")
+        J = cfg.n_models
+        thresholds_bps = thresholds_bps.to(self.stop_thresholds)
+        if thresholds_bps.shape != (J, len(Side)):
+            raise ValueError(f"thresholds must be (J={J}, 2 sides), got {tuple(thresholds_bps.shape)}")
+        self.stop_thresholds.copy_(thresholds_bps)
+        side = torch.tensor([OrderKind(k).side for k in range(N_KINDS)], device=thresholds_bps.device)
+        per_kind = thresholds_bps[:, side].unsqueeze(1).expand(J, N_TARGETS, N_KINDS).reshape(J, -1)  # (J, 8)
+        paths = FusedMLP.PATHS
+        for s, allocator in enumerate(self.allocators):
+            P = allocator.b3.shape[0] // J
+            bias = allocator.b3.view(J, P)
+            allocator.w3.zero_()
+            bias[:, :paths] = 0.0  # proposals softsign(0) = 0: the base curves
+            active = self.rule_active[s].to(bias.dtype).unsqueeze(1)  # (J, 1); none at step 0
+            bias[:, paths:] = active * (-per_kind / cfg.rule_signal_scale) + (1 - active) * cfg.gate_bias
 
     def price_curves(self, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
         """The running price curves the allocators see, (B, J, 2, 4) as [volume, notional]

@@ -161,7 +161,9 @@ def paired(values: np.ndarray, dates: np.ndarray, *, min_block: int = 1, block: 
 
 
 # -- the evaluation's comparisons --------------------------------------------------------------
-BASELINES = ("rule", "twap")  # vs_rule: the causal early-stop rule; vs_twap: TWAP in volume
+# vs_rule: the causal early-stop rule; vs_twap: TWAP in volume; vs_fitted_rule: the rule with the
+# thresholds the model's gate started from (evaluated only for such a model).
+BASELINES = ("rule", "twap", "fitted_rule")
 # The paired sides: (label, side, the VWAP order kind), volume target, as the main table.
 PAIRED_SIDES = tuple((name, OrderKind(kind).side, kind) for name, kind, _ in SIDES)
 
@@ -169,15 +171,19 @@ PAIRED_SIDES = tuple((name, OrderKind(kind).side, kind) for name, kind, _ in SID
 def comparisons(ev: EvalArrays, dates: np.ndarray, baseline: str, *, resamples: int = DEFAULT_RESAMPLES,
                 seed: int = DEFAULT_SEED) -> list[tuple[str, int, Paired]]:
     """(side, minimum period 1..N, paired advantage) of the LEM's VWAP volume orders over
-    ``baseline`` ("rule": the rule's same head; "twap": TWAP in volume), blocks at least N dates."""
+    ``baseline`` ("rule": the rule's same head; "twap": TWAP in volume; "fitted_rule": the fitted
+    rule's same head), blocks at least N dates."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline {baseline!r}: one of {BASELINES}")
+    if baseline == "fitted_rule" and len(ev.fitted_rule_bps) != len(ev.model_bps):
+        raise ValueError("no fitted rule in this evaluation: the model's gate did not start as one")
     N = ev.n_ahead
+    per_head = {"rule": ev.rule_bps, "fitted_rule": ev.fitted_rule_bps}
     out = []
     for name, side, kind in PAIRED_SIDES:
         for m in range(N):
             lem = ev.model_bps[:, m, kind, Target.VOLUME]
-            base = ev.rule_bps[:, m, kind, Target.VOLUME] if baseline == "rule" else ev.twap_volume_bps
+            base = per_head[baseline][:, m, kind, Target.VOLUME] if baseline in per_head else ev.twap_volume_bps
             out.append((name, m + 1, paired(advantage(lem, base, side), dates, min_block=N, resamples=resamples,
                                             seed=seed)))
     return out

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
+from lem_model.baselines import fit_stop_thresholds
 from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory, resolve_device
 from lem_model.loss import aligned_loss, lem_loss
@@ -51,9 +52,15 @@ class TrainConfig:
     # (docs/DESIGN.md). Training, early stopping and the LR plateau all watch this objective.
     objective: Literal["reference", "aligned"] = "reference"
     completion_tau: float = 0.05  # the aligned objective's straight-through surrogate, C / (C + tau)
+    # The aligned objective's buy and sell terms: "paired", softplus(buy - sell) as the reference,
+    # or "separate", each side against its own benchmark as the tables (lem_model.loss.aligned_loss).
+    sides: Literal["paired", "separate"] = "paired"
     # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
     # them. Lets a CPU budget see many windows' variety in a few short epochs.
     samples_per_epoch: int | None = None
+    # Training windows (a seeded draw) the early-stop thresholds are fitted on, for a model whose
+    # finish gate starts as the fitted rule (LEMConfig.rule_prior="fitted").
+    rule_fit_windows: int = 32_768
     device: str = "auto"  # "auto": CUDA when available
     compile_recurrence: bool = False
     # Replay each full batch's train step as one captured CUDA graph (lem_model.cuda_graphs):
@@ -167,7 +174,7 @@ def seed_everything(seed: int) -> None:
 def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss the config trains and selects on."""
     if cfg.objective == "aligned":
-        return aligned_loss(alloc, volumes, prices, cfg.completion_tau)
+        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides)
     return lem_loss(alloc, volumes, prices, cfg.loss_alpha)
 
 
@@ -294,6 +301,19 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
     return {"val_loss": values[0], **{f"val_{k}": v for k, v in zip(METRIC_NAMES, values[1:])}}
 
 
+def fit_rule_prior(model: LargeExecutionModel, train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
+    """The early-stop thresholds (J, 2) the finish gate starts from, fitted on a seeded draw of
+    ``cfg.rule_fit_windows`` training windows (the same on every rank)."""
+    n = len(train_set)
+    k = min(cfg.rule_fit_windows, n)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:k].sort().values.tolist()
+    volumes, prices = [], []
+    for _, vol, px in DataLoader(Subset(train_set, rows), batch_size=4096):
+        volumes.append(vol)
+        prices.append(px)
+    return fit_stop_thresholds(torch.cat(volumes), torch.cat(prices), model.cfg.n_models)
+
+
 def train(
     model: LargeExecutionModel,
     train_set: Dataset,
@@ -321,6 +341,8 @@ def train(
     if dist_info.main:
         state_path.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    if model.cfg.rule_prior == "fitted" and not (resume and state_path.exists()):
+        model.set_stop_thresholds(fit_rule_prior(model, train_set, cfg))
     model.to(device)
     if cfg.compile_recurrence:
         model.compile_recurrence()

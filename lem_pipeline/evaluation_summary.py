@@ -6,7 +6,9 @@ Keys: ``dataset``, ``frequency`` (e.g. "daily", "60min"), ``freq_min``, ``window
 table: ``order``, ``min_period`` and its seven statistics, to the CSV's decimals), ``vs_rule`` and
 ``vs_twap`` (the LEM's paired advantage over the causal rule and over TWAP in volume, per side
 and minimum period: ``side``, ``min_period``, ``advantage_bps``, ``ci95``, ``win_rate``, and what
-the interval rests on: ``windows``, ``dates``, ``block_length``) and ``match_vwap_std_reduction``.
+the interval rests on: ``windows``, ``dates``, ``block_length``) and ``match_vwap_std_reduction``;
+``vs_fitted_rule``, the same against the rule with the thresholds fitted on the training windows,
+only for a model whose finish gate started as that rule (LEMConfig.rule_prior "fitted").
 Issue 13 adds, from the trade log (lem_pipeline.trade_log): ``rows`` gain the baselines
 "VWAP Profile" and (costs on) "Almgren-Chriss" and every row an ``arrival_mean``; ``net`` (per
 order size as a fraction of ADV, "0.001": rows net of impact and fees, each with ``fill_rate``,
@@ -37,8 +39,9 @@ from lem_pipeline.trade_log import ORDER_KEYS, VOLATILITY_REGIMES
 SUMMARY_FILE = "summary.json"
 STAT_KEYS = tuple(s.lower() for s in STAT_NAMES)  # mean, std, median, p5, p95, q25, q75
 # summary.json's paired lists, by the baseline each compares against (lem_model.paired.BASELINES).
-PAIRED_KEYS = {"vs_rule": "rule", "vs_twap": "twap"}
-PAIRED_LABELS = {"vs_rule": "Rule", "vs_twap": "TWAP Volume"}  # in the paired table
+# vs_fitted_rule only where the evaluation scored the fitted rule (a model started as one).
+PAIRED_KEYS = {"vs_rule": "rule", "vs_twap": "twap", "vs_fitted_rule": "fitted_rule"}
+PAIRED_LABELS = {"vs_rule": "Rule", "vs_twap": "TWAP Volume", "vs_fitted_rule": "Fitted rule"}  # in the paired table
 
 
 # The trade-log order (strategy, side, target) of each main-table row; side-less baselines are
@@ -148,6 +151,8 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
                         "fee_bps": fee_bps, "adv_days": costs.adv_days, "risk_aversion": costs.risk_aversion,
                         "almgren_chriss_size": costs.almgren_chriss_size, "volume_profile_windows": profile_windows}
     for key, baseline in PAIRED_KEYS.items():
+        if baseline == "fitted_rule" and len(ev.fitted_rule_bps) != len(index):
+            continue
         out[key] = [{"side": side, "min_period": m, "advantage_bps": _number(p.mean),
                      "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),
                      "windows": p.windows, "dates": p.dates, "block_length": p.block_length}
@@ -163,7 +168,7 @@ def write_summary(summary: dict, path: Path) -> Path:
 
 def paired_tables(summary: dict) -> dict[str, list[dict]]:
     """The paired lists by their table label (reporting.paired_frame)."""
-    return {PAIRED_LABELS[key]: summary[key] for key in PAIRED_KEYS}
+    return {PAIRED_LABELS[key]: summary[key] for key in PAIRED_KEYS if key in summary}
 
 
 def paired_metrics(summary: dict, frequencies: int) -> dict[str, float]:

@@ -124,3 +124,26 @@ def test_the_rule_never_finishes_on_rounding_noise():
         a = rule[:, :, :, kind, Target.VOLUME]
         assert torch.equal(a[:, 1, 0], torch.full_like(a[:, 1, 0], 1 / 12))  # never all of it at bar 1
         assert torch.equal(a[:, :, 0], a[:, :, 2]) and torch.equal(a[:, :, 1], a[:, :, 2])
+
+
+def test_a_schedule_both_sides_share_is_invisible_to_the_paired_objective(real):
+    """Both sides trading the same back-loaded schedule: buy and sell slippage are equal, so the
+    paired terms softplus(buy - sell) do not change, and nothing in the paired objective holds a
+    timing bias common to both sides. The separate terms score each side as the tables do: a buy
+    schedule with a dearer mean costs more."""
+    _, vol, px = real
+    B, N = px.shape
+    twap = torch.full((B, N, N + 1, 4, 2), 1.0 / N, dtype=px.dtype)
+    ramp = torch.arange(1, N + 1, dtype=px.dtype)
+    late = (ramp / ramp.sum()).view(1, N, 1, 1, 1).expand_as(twap).clone()
+    late[:, :, N] = 1.0 / N  # the Match head's risk term the same in both
+    paired = {k: aligned_loss(a, vol, px, sides="paired").item() for k, a in (("twap", twap), ("late", late))}
+    assert paired["late"] == pytest.approx(paired["twap"], abs=1e-12)
+
+    late_buys = late.clone()
+    late_buys[:, :, :, OrderKind.SELL_VWAP:] = 1.0 / N  # only the buys lean late
+    buy_slip = {k: slippage_bps(a, vol, px)[:, :N, [OrderKind.BUY_VWAP, OrderKind.BUY_TWAP]].mean().item()
+                for k, a in (("twap", twap), ("late", late_buys))}
+    assert abs(buy_slip["late"] - buy_slip["twap"]) > 0.5  # bps: a real difference to rank
+    cost = {k: aligned_loss(a, vol, px, sides="separate").item() for k, a in (("twap", twap), ("late", late_buys))}
+    assert (cost["late"] > cost["twap"]) == (buy_slip["late"] > buy_slip["twap"]), (cost, buy_slip)

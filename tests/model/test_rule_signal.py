@@ -66,3 +66,69 @@ def test_without_the_prior_the_signal_starts_unused():
 def test_the_signal_needs_the_finish_gate():
     with pytest.raises(ValueError, match="needs finish_gate=True"):
         LEMConfig(rule_signal=True)
+
+
+FITTED = dataclasses.replace(RULE, rule_prior="fitted", rule_signal_scale=16.0)
+
+
+def vwap_buy_finishes_at_step_2(model: LargeExecutionModel, x: torch.Tensor, head: int) -> bool:
+    """Whether the head's VWAP buy in quantity has nothing left after step 2."""
+    N = model.cfg.n_ahead
+    with torch.no_grad():
+        alloc = model(x, torch.full((len(x),), 1 / N**2), torch.ones(len(x)))
+    return bool((alloc[:, 3:, head, OrderKind.BUY_VWAP, Target.VOLUME] == 0).all())
+
+
+def test_the_fitted_prior_finishes_exactly_where_its_threshold_says():
+    """Bar 1 is 1% below bar 0. At step 2 the gate compares bar 1 with the average the model
+    paid on bars 0 and 1: head 2 finishes its VWAP buy in quantity there with a threshold 5 bps below that
+    signal's size, and not with one 5 bps above; the untrained network adds nothing."""
+    torch.manual_seed(0)
+    model = LargeExecutionModel(FITTED).eval()
+    L, N, J = FITTED.lookback, FITTED.n_ahead, FITTED.n_models
+    x = inputs(FITTED, 1, 0)
+    x[:, L:, -2] = 0.99
+    x[:, L, -2] = 1.0  # execution bar 0; bars 1.. at 0.99
+    shut = torch.full((J, 2), 1e4)  # no head ever finishes early
+    model.set_stop_thresholds(shut)
+    with torch.no_grad():
+        alloc = model(x, torch.full((1,), 1 / N**2), torch.ones(1))
+    a0, a1 = alloc[0, 0, 2, OrderKind.BUY_VWAP, Target.VOLUME], alloc[0, 1, 2, OrderKind.BUY_VWAP, Target.VOLUME]
+    signal = float((0.99 / ((a0 * 1.0 + a1 * 0.99) / (a0 + a1)) - 1) * 1e4)  # the rule's quantity, < 0
+    assert -100 < signal < 0
+    for margin, finishes in ((-5.0, True), (5.0, False)):
+        thresholds = shut.clone()
+        thresholds[2, 0] = -signal + margin  # head 2, buys
+        model.set_stop_thresholds(thresholds)
+        assert vwap_buy_finishes_at_step_2(model, x, 2) == finishes, margin
+        assert torch.equal(model.stop_thresholds, thresholds)
+
+
+def test_the_fitted_prior_starts_as_that_rule_with_twap_proposals():
+    """The allocators' last layer starts at 0: proposals softsign(0) (the base curve), and gates
+    that are the fitted rule where it decides and shut elsewhere."""
+    torch.manual_seed(1)
+    model = LargeExecutionModel(FITTED)
+    J, P = FITTED.n_models, 16
+    thresholds = torch.arange(2 * J, dtype=torch.float32).view(J, 2) * 8
+    model.set_stop_thresholds(thresholds)
+    for s, allocator in enumerate(model.allocators):
+        assert torch.equal(allocator.w3, torch.zeros_like(allocator.w3))
+        assert torch.equal(allocator.b3.view(J, P)[:, :8], torch.zeros(J, 8))
+        bias = allocator.b3.view(J, P)[:, 8:].view(J, 2, 4)  # (head, target, kind)
+        for j in range(J):
+            decides = 1 <= s and max(j, 1) <= s and j < FITTED.n_ahead
+            for k in OrderKind:
+                want = -thresholds[j, k.side] / 16.0 if decides else FITTED.gate_bias
+                assert torch.allclose(bias[j, :, k], torch.full((2,), float(want))), (s, j, k)
+    state = model.state_dict()
+    assert torch.equal(state["stop_thresholds"], thresholds)  # saved with the weights
+
+
+def test_the_fitted_prior_needs_the_rule_signal_and_its_switch():
+    with pytest.raises(ValueError, match="needs rule_signal=True"):
+        dataclasses.replace(TINY, finish_gate=True, rule_prior="fitted")
+    with pytest.raises(ValueError, match="rule_prior='fitted'"):
+        LargeExecutionModel(RULE).set_stop_thresholds(torch.zeros(RULE.n_models, 2))
+    with pytest.raises(ValueError, match="rule_signal_scale"):
+        dataclasses.replace(RULE, rule_signal_scale=0.0)
