@@ -13,7 +13,8 @@ stand in. The benchmark refuses to time while another process is using the CPU.
 
 ``--profile K`` also runs ``torch.profiler`` over a few of our train steps per config and prints
 the K operators with the most self time and their share of the step: where the time goes, so a
-speed-up starts from the profile (issue 10).
+speed-up starts from the profile (issue 10). ``--breakdown`` splits an eager step by part of the
+model, and into a fixed part (per-operator overhead, whatever the batch) and a cost per sample.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL, LEMConfig
 from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory
-from lem_model.train import TrainConfig, adam, make_train_step
+from lem_model.train import TrainConfig, adam, make_train_step, objective
 
 REFERENCE_TRAIN_SAMPLES_PER_S = {"small": 172.0, "paper": 25.0}  # lems 0.1.1, Keras 3.15 on torch, 2 threads
 
@@ -122,6 +123,55 @@ def profile_ours(cfg: LEMConfig, batch: int, steps: int, device: str, top: int) 
     return [(e.key, getattr(e, attr) / 1e3 / steps, getattr(e, attr) / total) for e in ranked]
 
 
+def breakdown_ours(cfg: LEMConfig, batch: int, steps: int, device: str) -> list[tuple[str, float]]:
+    """Where an eager train step's time goes, milliseconds per step: the context network forward
+    and backward, the execution head with the objective forward and backward (the context's
+    output held fixed), gradient clipping with Adam and the projection, the whole step; then the
+    whole step at half the batch, and from the two its fixed part (what a step costs whatever
+    its batch: per-operator overhead) and its cost per sample."""
+    model, _, train_step = train_step_fn(cfg, batch, device)
+    model.train()
+    dev = torch.device(device)
+    x, rmin, rmax, vol, px = make_batch(cfg, batch, device)
+    L, N = cfg.lookback, cfg.n_ahead
+    rows = torch.arange(L - 1, L + N - 2, device=dev)  # the rows the allocators read (causal)
+
+    def context() -> None:
+        A, _, _ = model.context(x, rmin, rmax, rows)
+        A.sum().backward()
+
+    with torch.no_grad():
+        fixed = model.context(x, rmin, rmax, rows)
+    fixed[0].requires_grad_(True)
+
+    def head() -> None:
+        model.context = lambda *args, **kwargs: fixed  # an instance attribute: the class's is untouched
+        try:
+            objective(model(x, rmin, rmax), vol, px, TrainConfig(objective="reference")).backward()
+        finally:
+            del model.context
+
+    opt = adam(model.parameters(), lr=1e-5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        model.project_constraints()
+
+    ms = {name: 1e3 * timed(fn, steps, device) for name, fn in
+          (("context forward+backward", context), ("head+objective forward+backward", head),
+           ("clip+Adam+projection", update), (f"train step, batch {batch}", train_step))}
+    half = batch // 2
+    _, _, half_step = train_step_fn(cfg, half, device)
+    ms[f"train step, batch {half}"] = 1e3 * timed(half_step, steps, device)
+    per_sample = (ms[f"train step, batch {batch}"] - ms[f"train step, batch {half}"]) / (batch - half)
+    ms["fixed part of a step"] = ms[f"train step, batch {batch}"] - per_sample * batch
+    ms["per sample"] = per_sample
+    return list(ms.items())
+
+
 def bench_reference(cfg: LEMConfig, batch: int, steps: int, python: str, threads: int) -> tuple[float, float]:
     """Time lems 0.1.1 on the same inputs, in its own virtualenv (benchmarks/reference_lems.py)."""
     x, rmin, rmax, vol, px = (t.numpy() for t in make_batch(cfg, batch, "cpu"))
@@ -177,6 +227,9 @@ def main() -> None:
     ap.add_argument("--cuda-graphs", action="store_true", help="also time the train step replayed as a CUDA graph (CUDA only)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print where an eager train step's time goes (context, head, update; fixed part and "
+                         "per-sample cost), per config")
     ap.add_argument("--reference-python", default=None, metavar="PYTHON",
                     help="the python of a virtualenv with lems 0.1.1 (benchmarks/reference_lems.py): time the "
                          "reference on the same inputs in this run")
@@ -213,6 +266,10 @@ def main() -> None:
             ref_train = ref_train or train  # on CUDA: the first mode, eager
             print(f"{name:8} {mode:16} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
                   f"{train / ref_train:5.2f}x")
+        if args.breakdown:
+            print(f"  {name}: an eager train step's time, milliseconds per step")
+            for part, ms in breakdown_ours(cfg, batch, args.steps, args.device):
+                print(f"    {ms:9.2f}  {part}")
         if args.profile:
             print(f"  {name}: top {args.profile} operators by self time per train step (eager, batch {batch})")
             for op, ms, share in profile_ours(cfg, batch, min(args.steps, 5), args.device, args.profile):

@@ -24,6 +24,7 @@ from lem_model.fileio import atomic_write_text
 from lem_model.serving import FixedRateLEM
 from lem_model.train import TrainConfig, TrainResult, seed_everything, train
 from lem_model.training_state import TRAINING_STATE
+from lem_model.vocabulary import Side
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
@@ -33,6 +34,10 @@ from lem_pipeline.run_health import MLFLOW_PID_TAG, mlflow_run_alive
 from lem_pipeline.trained_model import MLFLOW_ARTIFACT, save_trained
 from lem_pipeline.tracking import MLflowTracking, git_commit
 from lem_pipeline.windows import read_index, read_meta, windows_digest
+
+# The thresholds (bps per minimum period and side) of the rule a model's finish gate started as,
+# logged with its MLflow run (LEMConfig.rule_prior "fitted").
+STOP_THRESHOLDS_ARTIFACT = "stop_thresholds.json"
 
 RUN_FILE = "mlflow_run_id"  # in a training state directory: the MLflow run those epochs belong to
 RESUMED_TAG = "lem.resumed_at_epoch"  # on a run that resumed: the first epoch (from 1) it trained after the crash
@@ -207,6 +212,11 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
             log(f"resumed at epoch {result.resumed_from_epoch + 1} (the epochs before came from {state_dir})")
             mlflow.set_tag(RESUMED_TAG, str(result.resumed_from_epoch + 1))
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
+        if model.cfg.rule_prior == "fitted":  # the rule its finish gate started as, fitted on the training windows
+            thresholds = model.stop_thresholds.cpu()
+            mlflow.log_dict({"minimum_period": list(range(1, len(thresholds))),
+                             **{side.name.lower(): thresholds[:-1, side].tolist() for side in Side}},
+                            STOP_THRESHOLDS_ARTIFACT)
         model.cpu()
         save_trained(model, windows_dir, out, run.info.run_id)
         mlflow.log_artifacts(str(out), MLFLOW_ARTIFACT)  # the saved model + windows config, for `lem schedule`

@@ -43,9 +43,10 @@ def _lookahead_table(causal: EvalArrays, lookahead: EvalArrays, val: dict[bool, 
     return markdown(table, decimals=2) + "\n" + loss
 
 
-PAIRED_NOTE = ("The LEM against the causal rule and TWAP on the same windows, per side and minimum period: "
-               "advantage in bps (positive = the LEM is better), 95% interval by a moving-block bootstrap over "
-               "execution dates, win rate (summary.json).")
+PAIRED_NOTE = ("The LEM against the causal rule and TWAP on the same windows, per side and minimum period, and "
+               "(\"Fitted rule\", for a model started as it) against the rule with the thresholds fitted on the "
+               "training windows: advantage in bps (positive = the LEM is better), 95% interval by a moving-block "
+               "bootstrap over execution dates, win rate (summary.json).")
 
 
 COSTS_NOTE = ("Net of trading costs (README, \"Trading costs\"): mean slippage against the benchmark and against the "

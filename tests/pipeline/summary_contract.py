@@ -13,6 +13,7 @@ SIZES = ("0.001", "0.01", "0.05")  # the default order sizes, as fractions of AD
 STATS = ("mean", "std", "median", "p5", "p95", "q25", "q75")
 SIDES = ("BUY", "SELL")
 PAIRED = ("vs_rule", "vs_twap")
+OPTIONAL_PAIRED = ("vs_fitted_rule",)  # a model started as the fitted rule (LEMConfig.rule_prior "fitted")
 
 
 def _number(x) -> bool:
@@ -44,7 +45,7 @@ def check_summary(s: dict, n_ahead: int) -> None:
     for regime in ("volatility", "trend"):
         rows = [e for e in s["regimes"] if e["regime"] == regime and (e["order"], e["min_period"]) == ("TWAP Volume", "All")]
         assert sum(e["windows"] for e in rows) == s["windows"], regime
-    for key in PAIRED:
+    for key in PAIRED + tuple(k for k in OPTIONAL_PAIRED if k in s):
         entries = s[key]
         assert {(e["side"], e["min_period"]) for e in entries} == {(side, m) for side in SIDES
                                                                    for m in range(1, n_ahead + 1)}, key

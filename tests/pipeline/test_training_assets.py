@@ -23,6 +23,7 @@ from lem_model.vocabulary import OrderKind, Target
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.evaluation_summary import TABLE_ORDERS
 from lem_pipeline.model_evaluation import fit_baselines
+from lem_pipeline.model_training import STOP_THRESHOLDS_ARTIFACT
 from lem_pipeline.presets import PRESETS
 from lem_pipeline.lake import TEST_INDEX_FILE, DataLake
 from lem_pipeline.resources import BinanceSource, YahooSource
@@ -76,6 +77,10 @@ def test_mlflow_run_holds_params_metrics_and_inputs(trained):
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"equity-train", "equity-val"}
     exp = mlflow.get_experiment(run.info.experiment_id)
     assert exp.name == "lem-equity" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    thresholds = json.loads(client.download_artifacts(run_id, STOP_THRESHOLDS_ARTIFACT))  # the fitted rule it started as
+    assert thresholds["minimum_period"] == list(range(1, N + 1)) and len(thresholds["buy"]) == N
+    model = load_model(latest(trained["instance"], "equity_lem_model")["model_dir"].value)
+    assert thresholds["buy"] == model.stop_thresholds[:N, 0].tolist() and max(thresholds["buy"]) > 0
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/equity_daily_main.csv" in artifacts and "evaluation/equity_daily_slippage.png" in artifacts
 
@@ -163,6 +168,11 @@ def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(traine
         diff = rule - lem if e["side"] == "BUY" else lem - rule
         assert e["advantage_bps"] == pytest.approx(diff.mean(), abs=1e-9)
         assert e["win_rate"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / len(diff))
+    # The demo's model starts as the rule with fitted thresholds: it is also compared with that rule.
+    assert PRESET.rule_prior == "fitted" and ev.fitted_rule_bps.shape == ev.rule_bps.shape
+    buy3 = next(e for e in summary["vs_fitted_rule"] if e["side"] == "BUY" and e["min_period"] == 3)
+    fitted = ev.fitted_rule_bps[:, 2, OrderKind.BUY_VWAP, vol].astype(np.float64)
+    assert buy3["advantage_bps"] == pytest.approx((fitted - ev.model_bps[:, 2, OrderKind.BUY_VWAP, vol]).mean(), abs=1e-9)
     sell6 = next(e for e in summary["vs_twap"] if e["side"] == "SELL" and e["min_period"] == 6)
     lem = ev.model_bps[:, 5, OrderKind.SELL_VWAP, vol].astype(np.float64)
     assert sell6["advantage_bps"] == pytest.approx((lem - ev.twap_volume_bps.astype(np.float64)).mean(), abs=1e-9)
