@@ -127,7 +127,7 @@ def fit_stop_thresholds(volumes: torch.Tensor, prices: torch.Tensor, n_models: i
 
     The one-line rule finishes on any improvement, however small; on the Dow 30's training
     windows waiting for 60-100 bps is worth 10-15 bps at the short minimum periods, and the best
-    threshold falls with the minimum period (docs/DESIGN.md, "The rule's signal")."""
+    threshold falls with the minimum period (docs/DESIGN.md, "The fitted rule as the prior")."""
     volumes, prices = volumes.double(), prices.double()
     sign = torch.tensor([1.0 if k.side == Side.BUY else -1.0 for k in OrderKind], dtype=torch.float64)
     costs = []  # per grid value: (N+1, 2) mean side-signed slippage (lower is better)

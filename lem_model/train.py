@@ -75,6 +75,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
+        if self.sides != "paired" and self.objective != "aligned":
+            raise ValueError(f"sides={self.sides!r} is the aligned objective's; objective is {self.objective!r}")
 
     def per_seed(self) -> list[TrainConfig]:
         """The k-th training's config, k = 0..seeds-1: ``seed + k`` and ``seeds=1``. A one-seed

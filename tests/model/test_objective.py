@@ -14,6 +14,7 @@ from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.baselines import early_stop_rule
 from lem_model.loss import aligned_loss, lem_loss
 from lem_model.metrics import slippage_bps
+from lem_model.train import TrainConfig
 from lem_model.vocabulary import OrderKind, Target
 from lem_model.window_dataset import WindowDataset
 from tests.model.test_model_behaviour import TINY
@@ -147,3 +148,9 @@ def test_a_schedule_both_sides_share_is_invisible_to_the_paired_objective(real):
     assert abs(buy_slip["late"] - buy_slip["twap"]) > 0.5  # bps: a real difference to rank
     cost = {k: aligned_loss(a, vol, px, sides="separate").item() for k, a in (("twap", twap), ("late", late_buys))}
     assert (cost["late"] > cost["twap"]) == (buy_slip["late"] > buy_slip["twap"]), (cost, buy_slip)
+
+
+def test_separate_sides_belong_to_the_aligned_objective():
+    with pytest.raises(ValueError, match="aligned objective"):
+        TrainConfig(sides="separate")
+    assert TrainConfig(objective="aligned", sides="separate").sides == "separate"

@@ -108,3 +108,4 @@ def test_training_starts_the_gate_as_the_fitted_rule_and_evaluation_scores_that_
     assert plain.fitted_rule_bps.size == 0
     with pytest.raises(ValueError, match="no fitted rule"):
         comparisons(plain, dates, "fitted_rule", resamples=50)
+

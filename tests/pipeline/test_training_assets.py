@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import matplotlib.image as mpimg
@@ -77,7 +78,8 @@ def test_mlflow_run_holds_params_metrics_and_inputs(trained):
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"equity-train", "equity-val"}
     exp = mlflow.get_experiment(run.info.experiment_id)
     assert exp.name == "lem-equity" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    thresholds = json.loads(client.download_artifacts(run_id, STOP_THRESHOLDS_ARTIFACT))  # the fitted rule it started as
+    # The rule its finish gate started as, fitted on the training windows.
+    thresholds = json.loads(Path(client.download_artifacts(run_id, STOP_THRESHOLDS_ARTIFACT)).read_text())
     assert thresholds["minimum_period"] == list(range(1, N + 1)) and len(thresholds["buy"]) == N
     model = load_model(latest(trained["instance"], "equity_lem_model")["model_dir"].value)
     assert thresholds["buy"] == model.stop_thresholds[:N, 0].tolist() and max(thresholds["buy"]) > 0
@@ -179,7 +181,7 @@ def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(traine
     assert summary["match_vwap_std_reduction"] == pytest.approx(match_vwap_std_reduction(ev), abs=1e-12)
     # The paired table beside the main one, in MLflow (metrics and artifacts) and in Dagster.
     paired = pl.read_csv(out / "equity_daily_paired.csv")
-    assert len(paired) == 2 * 2 * N and set(paired["Baseline"]) == {"Rule", "TWAP Volume"}
+    assert len(paired) == 3 * 2 * N and set(paired["Baseline"]) == {"Rule", "TWAP Volume", "Fitted rule"}
     meta = latest(trained["instance"], "equity_evaluation")
     run = mlflow.get_run(meta["mlflow_run_id"].value)
     buy6 = next(e for e in summary["vs_rule"] if e["side"] == "BUY" and e["min_period"] == 6)
