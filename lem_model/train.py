@@ -235,16 +235,17 @@ def make_train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
     return step
 
 
-def train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                epoch: int, device: torch.device, dist_info: _Dist, state_path: Path,
-                graphed: GraphedTrainStep | None = None) -> float:
-    """One pass over the training windows; returns the mean loss over every rank's samples.
+def train_epoch(net: torch.nn.Module, loader: DataLoader, step: Callable[..., torch.Tensor],
+                optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, device: torch.device,
+                dist_info: _Dist, state_path: Path, graphed: GraphedTrainStep | None = None) -> float:
+    """One pass over the training windows with ``step`` (make_train_step's); returns the mean
+    loss over every rank's samples.
 
     A non-finite loss raises NonFiniteLossError (naming the first bad batch) at the next device
     read, before the epoch's training state is saved, so the last good state stays untouched.
-    ``graphed`` replays full batches as its CUDA graph; a short last batch runs eagerly."""
+    ``graphed`` (the same step captured) replays full batches as its CUDA graph; a short last
+    batch runs ``step`` eagerly."""
     net.train()
-    step = make_train_step(net, optimizer, cfg, device)
     sync_every = 1 if device.type == "cpu" else CUDA_SYNC_EVERY
     seen = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -378,13 +379,14 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     val_sampler = DistributedSampler(val_set, shuffle=False) if dist_info.world > 1 else SequentialSampler(val_set)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, pin_memory=device.type == "cuda")
-    graphed = GraphedTrainStep(make_train_step(net, optimizer, cfg, device), model, optimizer) if graphs else None
+    step = make_train_step(net, optimizer, cfg, device)
+    graphed = GraphedTrainStep(step, model, optimizer) if graphs else None
 
     for epoch in range(first_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - first_epoch >= stop_after_epochs:
             return _finish(result, stopper)  # as a crash would: the best weights are not restored
-        loss = train_epoch(net, _train_loader(train_set, cfg, epoch, dist_info, device), optimizer, cfg, epoch,
-                           device, dist_info, state_path, graphed)
+        loss = train_epoch(net, _train_loader(train_set, cfg, epoch, dist_info, device), step, optimizer, cfg,
+                           epoch, device, dist_info, state_path, graphed)
         metrics = {"loss": loss, **evaluate_loss(net, val_loader, cfg, device, dist_info),
                    "lr": float(optimizer.param_groups[0]["lr"])}
         scheduler.step(metrics["val_loss"])
