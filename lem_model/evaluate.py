@@ -49,6 +49,11 @@ class EvalArrays:
     def n_ahead(self) -> int:
         return self.model_bps.shape[1] - 1
 
+    def evaluated(self, name: str) -> bool:
+        """Whether the per-window array ``name`` (one of PER_WINDOW) holds every window: the
+        optional baselines stay empty where they were not evaluated."""
+        return len(getattr(self, name)) == len(self.model_bps)
+
     def save(self, path: Path) -> None:
         np.savez_compressed(path, **{k: np.asarray(v) for k, v in self.__dict__.items()})
 
@@ -180,9 +185,9 @@ def main_table(ev: EvalArrays) -> list[Row]:
     for name, vwap_kind, _ in SIDES:
         rows += [(f"RULE {name}", str(m + 1), stats(ev.rule_bps[:, m, vwap_kind, Target.VOLUME])) for m in range(N)]
     n = len(ev.twap_volume_bps)
-    for order, values in (("VWAP Profile", ev.profile_bps), ("Almgren-Chriss", ev.almgren_chriss_bps)):
-        if n and len(values) == n:  # the schedule baselines, where they were evaluated
-            rows.append((order, "All", stats(values)))
+    for order, name in (("VWAP Profile", "profile_bps"), ("Almgren-Chriss", "almgren_chriss_bps")):
+        if n and ev.evaluated(name):  # the schedule baselines, where they were evaluated
+            rows.append((order, "All", stats(getattr(ev, name))))
     return rows
 
 

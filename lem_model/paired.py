@@ -175,7 +175,7 @@ def comparisons(ev: EvalArrays, dates: np.ndarray, baseline: str, *, resamples: 
     rule's same head), blocks at least N dates."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline {baseline!r}: one of {BASELINES}")
-    if baseline == "fitted_rule" and len(ev.fitted_rule_bps) != len(ev.model_bps):
+    if baseline == "fitted_rule" and not ev.evaluated("fitted_rule_bps"):
         raise ValueError("no fitted rule in this evaluation: the model's gate did not start as one")
     N = ev.n_ahead
     per_head = {"rule": ev.rule_bps, "fitted_rule": ev.fitted_rule_bps}

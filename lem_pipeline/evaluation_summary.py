@@ -151,7 +151,7 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
                         "fee_bps": fee_bps, "adv_days": costs.adv_days, "risk_aversion": costs.risk_aversion,
                         "almgren_chriss_size": costs.almgren_chriss_size, "volume_profile_windows": profile_windows}
     for key, baseline in PAIRED_KEYS.items():
-        if baseline == "fitted_rule" and len(ev.fitted_rule_bps) != len(index):
+        if baseline == "fitted_rule" and not ev.evaluated("fitted_rule_bps"):
             continue
         out[key] = [{"side": side, "min_period": m, "advantage_bps": _number(p.mean),
                      "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),
