@@ -16,6 +16,7 @@ WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
@@ -24,7 +25,7 @@ import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.baselines import early_stop_rule
-from lem_model.config import SMALL_SIZE
+from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
 from lem_model.evaluate import SIDES, evaluate, match_vwap_std_reduction
 from lem_model.metrics import slippage_bps
 from lem_model.paired import advantage
@@ -59,17 +60,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=32_768, help="training windows drawn per epoch")
     ap.add_argument("--sides", choices=["paired", "separate"], default="paired",
                     help="the aligned objective's buy and sell terms (TrainConfig.sides)")
+    ap.add_argument("--match-risk", choices=["softplus", "squared"], default="softplus",
+                    help="the aligned objective's match-benchmark term (TrainConfig.match_risk)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train_set, val = WindowDataset(args.windows, "train"), WindowDataset(args.windows, "val")
     seed_everything(0)
-    model = LargeExecutionModel(LEMConfig.for_windows(
-        train_set.meta, SMALL_SIZE, finish_gate=True, fused_init="independent", rule_signal=True,
-        rule_prior=args.prior, rule_signal_scale=args.scale))
+    allocator = dataclasses.replace(FITTED_RULE_GATE, rule_prior=args.prior, rule_signal_scale=args.scale)
+    model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, SMALL_SIZE, allocator))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
-                      samples_per_epoch=args.samples, device="cpu", progress=False, sides=args.sides)
-    print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, "
+                      samples_per_epoch=args.samples, device="cpu", progress=False, sides=args.sides,
+                      match_risk=args.match_risk)
+    print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
           f"{args.epochs} epochs of {args.samples} windows")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:

@@ -92,10 +92,13 @@ class LEMConfig:
         return self.n_ahead + 1
 
     @classmethod
-    def for_windows(cls, meta: dict, size: ModelSize, **switches) -> LEMConfig:
-        """The config of a model trained on the windows described by ``meta`` (their meta.json)."""
+    def for_windows(cls, meta: dict, size: ModelSize, allocator: AllocatorSwitches | None = None,
+                    **switches) -> LEMConfig:
+        """The config of a model trained on the windows described by ``meta`` (their meta.json),
+        at ``size``, with the ``allocator`` switches (default the reference's)."""
         return cls(n_features=len(meta["features"]), lookback=meta["config"]["lookback"],
-                   n_ahead=meta["config"]["n_ahead"], **asdict(size), **switches)
+                   n_ahead=meta["config"]["n_ahead"], **asdict(size), **asdict(allocator or AllocatorSwitches()),
+                   **switches)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -120,6 +123,23 @@ class ModelSize:
     num_heads: int = 8
     fused_hidden: int = 100
 
+
+@dataclass(frozen=True)
+class AllocatorSwitches:
+    """The allocation head's switches, as a deployment chooses them together (the fields of
+    :class:`LEMConfig` of the same names say what each does). The defaults are the reference's."""
+
+    fused_init: Literal["tiled", "independent"] = "tiled"
+    finish_gate: bool = False
+    rule_signal: bool = False
+    rule_prior: Literal["rule", "fitted"] = "rule"
+    rule_signal_scale: float = 1.0
+
+
+# Issue 11's head: the finish gate, heads drawn independently, started as the early-stop rule with
+# thresholds fitted on the training windows; 16 bps of the rule's signal per unit of gate logit.
+FITTED_RULE_GATE = AllocatorSwitches(fused_init="independent", finish_gate=True, rule_signal=True,
+                                     rule_prior="fitted", rule_signal_scale=16.0)
 
 PAPER_SIZE = ModelSize()  # the paper's section 3.4
 SMALL_SIZE = ModelSize(hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)  # the reference's test size

@@ -23,7 +23,8 @@ def lem_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, a
 
 
 def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, tau: float = 0.05,
-                 sides: Literal["paired", "separate"] = "paired") -> torch.Tensor:
+                 sides: Literal["paired", "separate"] = "paired",
+                 match_risk: Literal["softplus", "squared"] = "softplus") -> torch.Tensor:
     """lem_loss's terms with the tables' completion mask: a bar after the order completes is out
     of both the achieved price and the benchmark (the reference keeps half of it in), so an order
     that finishes early at a good price scores as it does in the tables. The mask's gradient is
@@ -35,13 +36,18 @@ def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tenso
     benchmark, softplus(buy) + softplus(-sell), as the tables do. Under "paired" a change common
     to both sides (both schedules leaning later, a bet on the drift) cancels in the difference,
     so nothing holds it: it wanders in training, and shows in the tables as a gain on one side
-    and the mirror loss on the other."""
+    and the mirror loss on the other.
+
+    ``match_risk``: the match-benchmark head's term, "softplus" of |slippage| as the reference
+    (about |slippage| / 2 near 0: a mean absolute deviation), or "squared", slippage^2, whose
+    mean is the std the tables report for that head plus its squared mean."""
     dif = percent_difference(alloc, volumes, prices, soft_alpha=None, bench_eps_numerator=False,
                              straight_through_tau=tau)
-    return _objective(dif, volumes.shape[1], sides)
+    return _objective(dif, volumes.shape[1], sides, match_risk)
 
 
-def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] = "paired") -> torch.Tensor:
+def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] = "paired",
+               match_risk: Literal["softplus", "squared"] = "softplus") -> torch.Tensor:
     B = dif.shape[0]
     buys = dif[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]  # (B, N, 2, 2): [VWAP, TWAP] x target
     sells = dif[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
@@ -49,5 +55,6 @@ def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] =
         pnl = F.softplus(buys - sells).sum()
     else:  # as many terms as paired, each side's half of the weight
         pnl = (F.softplus(buys).sum() + F.softplus(-sells).sum()) / 2
-    risk = F.softplus(dif[:, N].abs())  # (B, 4, 2)
+    match = dif[:, N]  # (B, 4, 2)
+    risk = match.square() if match_risk == "squared" else F.softplus(match.abs())
     return (pnl + risk.sum()) / (B * N * 2 * 2 + B * 4 * 2)

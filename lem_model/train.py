@@ -55,6 +55,9 @@ class TrainConfig:
     # The aligned objective's buy and sell terms: "paired", softplus(buy - sell) as the reference,
     # or "separate", each side against its own benchmark as the tables (lem_model.loss.aligned_loss).
     sides: Literal["paired", "separate"] = "paired"
+    # The aligned objective's match-benchmark term: "softplus" of |slippage| as the reference, or
+    # "squared", whose mean is the std the tables report plus the squared mean (aligned_loss).
+    match_risk: Literal["softplus", "squared"] = "softplus"
     # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
     # them. Lets a CPU budget see many windows' variety in a few short epochs.
     samples_per_epoch: int | None = None
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
         if self.sides != "paired" and self.objective != "aligned":
             raise ValueError(f"sides={self.sides!r} is the aligned objective's; objective is {self.objective!r}")
+        if self.match_risk != "softplus" and self.objective != "aligned":
+            raise ValueError(f"match_risk={self.match_risk!r} is the aligned objective's; objective is {self.objective!r}")
 
     def per_seed(self) -> list[TrainConfig]:
         """The k-th training's config, k = 0..seeds-1: ``seed + k`` and ``seeds=1``. A one-seed
@@ -176,7 +181,7 @@ def seed_everything(seed: int) -> None:
 def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss the config trains and selects on."""
     if cfg.objective == "aligned":
-        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides)
+        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides, cfg.match_risk)
     return lem_loss(alloc, volumes, prices, cfg.loss_alpha)
 
 

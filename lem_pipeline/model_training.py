@@ -18,7 +18,7 @@ import mlflow
 import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
-from lem_model.config import ModelSize
+from lem_model.config import AllocatorSwitches, ModelSize
 from lem_model.failpoints import failpoint
 from lem_model.fileio import atomic_write_text
 from lem_model.serving import FixedRateLEM
@@ -53,10 +53,11 @@ def windows_splits(windows_dir: Path) -> tuple[WindowDataset, WindowDataset]:
     return WindowDataset(windows_dir, "train"), WindowDataset(windows_dir, "val")
 
 
-def build_model(windows_meta: dict, size: ModelSize, seed: int, **switches) -> LargeExecutionModel:
+def build_model(windows_meta: dict, size: ModelSize, seed: int, allocator: AllocatorSwitches | None = None,
+                **switches) -> LargeExecutionModel:
     """A fresh model for these windows, drawn from ``seed`` (the same seed gives the same weights)."""
     seed_everything(seed)
-    return LargeExecutionModel(LEMConfig.for_windows(windows_meta, size, **switches))
+    return LargeExecutionModel(LEMConfig.for_windows(windows_meta, size, allocator, **switches))
 
 
 def _flat(prefix: str, d: dict) -> dict[str, str]:
@@ -238,7 +239,7 @@ def train_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, causal: 
     ``parent_run_id`` and ``register``: for one seed of several (lem_pipeline.seed_training)."""
     torch.set_num_threads(settings.thread_budget())
     windows = lake.windows_dir(dataset)
-    model = build_model(read_meta(windows), preset.model, train_cfg.seed, causal=causal, **preset.model_switches)
+    model = build_model(read_meta(windows), preset.model, train_cfg.seed, preset.allocator, causal=causal)
     tags = asset_tags(run_id, asset_key, preset) | ({SEED_TAG: str(train_cfg.seed)} if parent_run_id else {})
     run_name = asset_run_name(dataset, causal, run_id) + (f"-seed{train_cfg.seed}" if parent_run_id else "")
 

@@ -83,7 +83,7 @@ def train_seeds_for_asset(dataset: str, name: str, train_cfg: TrainConfig, *, ca
     if len(configs) == 1:
         return SeededTraining([train_cfg.seed], [train_for_asset(dataset, name, train_cfg, **common)], None)
     windows = lake.windows_dir(dataset)
-    model_cfg = LEMConfig.for_windows(read_meta(windows), preset.model, causal=causal, **preset.model_switches)
+    model_cfg = LEMConfig.for_windows(read_meta(windows), preset.model, preset.allocator, causal=causal)
     state_dir = lake.training_state_dir(name, training_key(model_cfg, train_cfg, windows))
     experiment = experiment_name(dataset)
     tracking.fail_dead_runs([experiment])

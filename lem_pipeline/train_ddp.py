@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     tcfg = dataclasses.replace(preset.training, progress=False,
                                **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v})
     train_set, val_set = windows_splits(args.windows)
-    model = build_model(train_set.meta, preset.model, tcfg.seed, **preset.model_switches)
+    model = build_model(train_set.meta, preset.model, tcfg.seed, preset.allocator)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     tracked = (tracked_training(MLflowTracking.from_environment(), EXPERIMENT, model, tcfg, train_set.meta,
                                 tags={"world_size": os.environ.get("WORLD_SIZE", "1")},

@@ -154,3 +154,21 @@ def test_separate_sides_belong_to_the_aligned_objective():
     with pytest.raises(ValueError, match="aligned objective"):
         TrainConfig(sides="separate")
     assert TrainConfig(objective="aligned", sides="separate").sides == "separate"
+
+
+def test_the_squared_match_term_is_the_mean_square_the_tables_report(real):
+    """The Match head's squared term is its slippage squared, as the tables measure it: its mean
+    is that head's std^2 plus its mean^2 (in percent), where the reference term ~ |slippage| / 2."""
+    _, vol, px = real
+    B, N = px.shape
+    twap = torch.full((B, N, N + 1, 4, 2), 1.0 / N, dtype=px.dtype)
+    match = slippage_bps(twap, vol, px)[:, N] / 100  # percent, (B, 4, 2)
+    assert match.abs().max() > 0.05  # real slippage to score
+    terms = B * N * 2 * 2 + B * 4 * 2
+    squared = aligned_loss(twap, vol, px, match_risk="squared").item()
+    reference = aligned_loss(twap, vol, px, match_risk="softplus").item()
+    expected = (match.square().sum() - torch.nn.functional.softplus(match.abs()).sum()).item() / terms
+    assert squared - reference == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="aligned objective"):
+        TrainConfig(match_risk="squared")
+    assert TrainConfig(objective="aligned", match_risk="squared").match_risk == "squared"

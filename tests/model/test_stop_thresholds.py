@@ -77,14 +77,13 @@ def test_training_starts_the_gate_as_the_fitted_rule_and_evaluation_scores_that_
     import numpy as np
 
     from lem_model import LargeExecutionModel, LEMConfig
-    from lem_model.config import SMALL_SIZE
+    from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
     from lem_model.evaluate import evaluate
     from lem_model.paired import comparisons
     from lem_model.train import TrainConfig, fit_rule_prior, train
 
     train_set, val_set = WindowDataset(small_equity_windows, "train"), WindowDataset(small_equity_windows, "val")
-    cfg = LEMConfig.for_windows(train_set.meta, SMALL_SIZE, finish_gate=True, fused_init="independent",
-                                rule_signal=True, rule_prior="fitted", rule_signal_scale=16.0)
+    cfg = LEMConfig.for_windows(train_set.meta, SMALL_SIZE, FITTED_RULE_GATE)
     tcfg = TrainConfig(epochs=1, batch_size=64, lr=1e-4, objective="aligned", samples_per_epoch=128, device="cpu",
                        progress=False, rule_fit_windows=500)
     torch.manual_seed(0)

@@ -171,7 +171,7 @@ def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(traine
         assert e["advantage_bps"] == pytest.approx(diff.mean(), abs=1e-9)
         assert e["win_rate"] == pytest.approx(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / len(diff))
     # The demo's model starts as the rule with fitted thresholds: it is also compared with that rule.
-    assert PRESET.rule_prior == "fitted" and ev.fitted_rule_bps.shape == ev.rule_bps.shape
+    assert PRESET.allocator.rule_prior == "fitted" and ev.fitted_rule_bps.shape == ev.rule_bps.shape
     buy3 = next(e for e in summary["vs_fitted_rule"] if e["side"] == "BUY" and e["min_period"] == 3)
     fitted = ev.fitted_rule_bps[:, 2, OrderKind.BUY_VWAP, vol].astype(np.float64)
     assert buy3["advantage_bps"] == pytest.approx((fitted - ev.model_bps[:, 2, OrderKind.BUY_VWAP, vol]).mean(), abs=1e-9)
