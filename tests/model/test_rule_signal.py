@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
+from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE, AllocatorSwitches
 from lem_model.vocabulary import OrderKind, Target
 from tests.model.test_model_behaviour import TINY, inputs
 
@@ -132,3 +133,16 @@ def test_the_fitted_prior_needs_the_rule_signal_and_its_switch():
         LargeExecutionModel(RULE).set_stop_thresholds(torch.zeros(RULE.n_models, 2))
     with pytest.raises(ValueError, match="rule_signal_scale"):
         dataclasses.replace(RULE, rule_signal_scale=0.0)
+
+
+def test_the_allocator_switches_default_to_the_reference_head():
+    """AllocatorSwitches groups LEMConfig's head switches for a deployment: its defaults must be
+    LEMConfig's (the reference head), field for field, and FITTED_RULE_GATE is the rule prior."""
+    defaults = LEMConfig()
+    switches = dataclasses.asdict(AllocatorSwitches())
+    assert switches == {name: getattr(defaults, name) for name in switches}
+    meta = {"features": list(range(TINY.n_features)), "config": {"lookback": TINY.lookback, "n_ahead": TINY.n_ahead}}
+    cfg = LEMConfig.for_windows(meta, SMALL_SIZE, FITTED_RULE_GATE, causal=False)
+    assert (cfg.finish_gate, cfg.rule_signal, cfg.rule_prior, cfg.fused_init, cfg.causal) == (
+        True, True, "fitted", "independent", False)
+    assert cfg.rule_signal_scale == FITTED_RULE_GATE.rule_signal_scale == 16.0
