@@ -20,17 +20,13 @@ import argparse
 import itertools
 
 import numpy as np
+import torch
 
+from lem_model.baselines import schedule_slippage_bps
 from lem_model.window_dataset import WindowDataset
 
 LEVELS = (10, 20, 60)
 PHIS = (0.5, 0.7, 0.8, 0.9)
-
-
-def slippage_bps(alloc: np.ndarray, volumes: np.ndarray, prices: np.ndarray) -> np.ndarray:
-    """A volume order's average price against the market VWAP over all N bars, in bps."""
-    achieved = (alloc * prices).sum(1) / alloc.sum(1)
-    return (achieved / ((volumes * prices).sum(1) / volumes.sum(1)) - 1) * 1e4
 
 
 def forecast_schedule(volume_history: np.ndarray, lookback: int, n_ahead: int, level: int, phi: float) -> np.ndarray:
@@ -58,9 +54,11 @@ def split_arrays(windows: str, split: str) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def std_reduction(history, volumes, prices, lookback, n_ahead, level, phi) -> float:
-    twap = slippage_bps(np.full_like(volumes, 1 / n_ahead), volumes, prices)
-    ours = slippage_bps(forecast_schedule(history, lookback, n_ahead, level, phi), volumes, prices)
-    return 1 - ours.std() / twap.std()
+    volumes, prices = torch.as_tensor(volumes), torch.as_tensor(prices)
+    twap = schedule_slippage_bps(torch.full_like(volumes, 1 / n_ahead), volumes, prices)
+    ours = schedule_slippage_bps(torch.as_tensor(forecast_schedule(history, lookback, n_ahead, level, phi)),
+                                 volumes, prices)
+    return float(1 - ours.std(correction=0) / twap.std(correction=0))
 
 
 def main() -> None:
