@@ -100,9 +100,9 @@ PRESETS: dict[str, Preset] = {
         equity_only(
             name="dow30_cpu",
             description="The paper's 30 Dow stocks with its splits (validation from 2017, test from 2020), stride 1, "
-                        "a small model with the aligned objective (each side against its own benchmark) and the finish "
-                        "gate started as the early-stop rule with thresholds fitted on the training windows, sized to "
-                        "train on a 2-core CPU.",
+                        "a small model with the aligned objective (each side against its own benchmark, the Match "
+                        "head's term squared) and the finish gate started as the early-stop rule with thresholds "
+                        "fitted on the training windows, sized to train on a 2-core CPU.",
             tickers=DOW_30,
             equity_windows=WindowConfig(seasonality="daily", stride=1, val_start=date(2017, 1, 1),
                                         test_start=date(2020, 1, 1)),
