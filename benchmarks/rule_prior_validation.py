@@ -37,9 +37,12 @@ from lem_model.window_dataset import WindowDataset
 def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Tensor) -> None:
     N = model.cfg.n_ahead
     ev = evaluate(model, val, min_rate=1 / N**2, batch_size=1024)
-    _, vol, px = val.gather(np.arange(len(val)))
-    vol, px = torch.as_tensor(vol).double(), torch.as_tensor(px).double()
-    fitted = slippage_bps(early_stop_rule(px, N + 1, thresholds_bps=thresholds), vol, px).float().numpy()
+    if ev.evaluated("fitted_rule_bps"):  # the model started as the fitted rule: evaluate scored it
+        fitted = ev.fitted_rule_bps
+    else:
+        _, vol, px = val.gather(np.arange(len(val)))
+        vol, px = torch.as_tensor(vol).double(), torch.as_tensor(px).double()
+        fitted = slippage_bps(early_stop_rule(px, N + 1, thresholds_bps=thresholds), vol, px).float().numpy()
     print(f"validation, {len(val)} windows: Match VWAP std reduction {match_vwap_std_reduction(ev):.3f}")
     print(f"{'':18}" + " ".join(f"{m + 1:>6}" for m in range(N)))
     for name, kind, _ in SIDES:

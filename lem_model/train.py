@@ -78,10 +78,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
-        if self.sides != "paired" and self.objective != "aligned":
-            raise ValueError(f"sides={self.sides!r} is the aligned objective's; objective is {self.objective!r}")
-        if self.match_risk != "softplus" and self.objective != "aligned":
-            raise ValueError(f"match_risk={self.match_risk!r} is the aligned objective's; objective is {self.objective!r}")
+        for name, reference in (("sides", "paired"), ("match_risk", "softplus")):  # the aligned objective's
+            if getattr(self, name) != reference and self.objective != "aligned":
+                raise ValueError(f"{name}={getattr(self, name)!r} is the aligned objective's; "
+                                 f"objective is {self.objective!r}")
 
     def per_seed(self) -> list[TrainConfig]:
         """The k-th training's config, k = 0..seeds-1: ``seed + k`` and ``seeds=1``. A one-seed
