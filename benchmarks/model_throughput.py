@@ -67,7 +67,7 @@ def timed(fn, steps: int, device: str) -> float:
 def train_step_fn(cfg: LEMConfig, batch: int, device: str, mode: str = "eager"):
     """(model, forward, train_step) on a fixed random batch: what is timed and profiled. The
     step is lem_model.train's own (make_train_step, the reference objective); ``mode``
-    "eager", or "compiled" (the TKAN steps compiled) and/or "graphed" (the step replayed as a
+    "eager", or "compiled" (the TKAN loops compiled) and/or "graphed" (the step replayed as a
     CUDA graph, lem_model.cuda_graphs; CUDA only), e.g. "compiled+graphed"."""
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -104,12 +104,13 @@ def bench_ours(cfg: LEMConfig, batch: int, steps: int, device: str, mode: str = 
     return fwd, train
 
 
-def profile_ours(cfg: LEMConfig, batch: int, steps: int, device: str, top: int) -> list[tuple[str, float, float]]:
-    """The ``top`` operators by self time over ``steps`` train steps (after one warm-up):
-    (name, self milliseconds per step, share of all self time)."""
+def profile_ours(cfg: LEMConfig, batch: int, steps: int, device: str, top: int, mode: str = "eager"
+                 ) -> list[tuple[str, float, float]]:
+    """The ``top`` operators by self time over ``steps`` train steps in ``mode`` (after one
+    warm-up): (name, self milliseconds per step, share of all self time)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, _, train_step = train_step_fn(cfg, batch, device)
+    model, _, train_step = train_step_fn(cfg, batch, device, mode)
     model.train()
     train_step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -223,7 +224,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
-    ap.add_argument("--compile", action="store_true", help="also time with the TKAN steps compiled (LargeExecutionModel.compile_recurrence)")
+    ap.add_argument("--compile", action="store_true", help="also time with the TKAN loops compiled (LargeExecutionModel.compile_recurrence)")
     ap.add_argument("--cuda-graphs", action="store_true", help="also time the train step replayed as a CUDA graph (CUDA only)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")
@@ -270,9 +271,9 @@ def main() -> None:
             print(f"  {name}: an eager train step's time, milliseconds per step")
             for part, ms in breakdown_ours(cfg, batch, args.steps, args.device):
                 print(f"    {ms:9.2f}  {part}")
-        if args.profile:
-            print(f"  {name}: top {args.profile} operators by self time per train step (eager, batch {batch})")
-            for op, ms, share in profile_ours(cfg, batch, min(args.steps, 5), args.device, args.profile):
+        for mode in modes if args.profile else ():
+            print(f"  {name}: top {args.profile} operators by self time per train step ({mode}, batch {batch})")
+            for op, ms, share in profile_ours(cfg, batch, min(args.steps, 5), args.device, args.profile, mode):
                 print(f"    {share:6.1%} {ms:9.2f} ms  {op}")
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from lem_model.allocation import allocate_step, finish_gate
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
-from lem_model.tkan import TKAN, RecurrenceSteps
+from lem_model.tkan import TKAN, RecurrenceLoops
 from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS, OrderKind, Side
 
 
@@ -82,24 +82,34 @@ class LargeExecutionModel(nn.Module):
         ctx = self.rnn_gate_norm(h, skip=xi)
         return self.attention(self.enrich(ctx), rows), S, weights
 
+    def read_rows(self, device: torch.device) -> torch.Tensor:
+        """The rows of x the N-1 allocators read: the bar before the one each step trades, in
+        causal mode; the traded bar itself in the reference alignment."""
+        L, N = self.cfg.lookback, self.cfg.n_ahead
+        shift = -1 if self.cfg.causal else 0
+        return torch.arange(L + shift, L + N - 1 + shift, device=device)
+
     # -- execution head ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         B, T, D = x.shape
-        L, N, J = cfg.lookback, cfg.n_ahead, cfg.n_models
         if T != cfg.seq_len or D != cfg.n_features:
             raise ValueError(f"x must be (B, {cfg.seq_len}, {cfg.n_features}) for this config, got {tuple(x.shape)}")
         min_rate = min_rate.reshape(B).to(x.dtype)
         max_rate = max_rate.reshape(B).to(x.dtype)
-        # Row of x the step-s allocator reads (the bar before the one it trades, in causal mode;
-        # the traded bar itself in the reference alignment), and the row of the bar step s trades
-        # at, as the running price curves see it.
-        shift = -1 if cfg.causal else 0
-        read_rows = torch.arange(L + shift, L + N - 1 + shift, device=x.device)  # N-1 rows
+        read_rows = self.read_rows(x.device)
         A, S, _ = self.context(x, min_rate, max_rate, read_rows)  # A (B, N-1, H)
+        return self.head(x, torch.cat([A, S[:, read_rows]], dim=-1), min_rate, max_rate)
 
+    def head(self, x: torch.Tensor, context_rows: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor
+             ) -> torch.Tensor:
+        """The allocations, (B, N, J, 4, 2), from x and the context rows the N-1 allocators
+        read, (B, N-1, H + D): one allocator step per execution bar."""
+        cfg = self.cfg
+        B = x.shape[0]
+        N, J = cfg.n_ahead, cfg.n_models
         price, volume = x[..., -2], x[..., -1]
-        trade_rows = read_rows[1:]  # N-2 rows: step s trades at the row step s+1 reads
+        trade_rows = self.read_rows(x.device)[1:]  # N-2 rows: step s trades at the row step s+1 reads
         p_exec, v_exec = price[:, trade_rows], volume[:, trade_rows]  # (B, N-2)
         count = torch.arange(1, N - 1, device=x.device, dtype=x.dtype)
         market_twap = torch.cumsum(p_exec, 1) / count  # (B, N-2) running TWAP after each step
@@ -117,7 +127,7 @@ class LargeExecutionModel(nn.Module):
         gamma = self.scale_factor.view(1, J, 1)
         base_curves = torch.stack([self.base_volume_curve, self.base_notional_curve], dim=2)
         base = base_curves[..., self.kind_benchmarks].unbind(0)  # N x (J, 2, 4)
-        context_rows = torch.cat([A, S[:, read_rows]], dim=-1).unbind(1)  # N-1 x (B, H+D)
+        context_rows = context_rows.unbind(1)  # N-1 x (B, H+D)
         paths = 2 * N_KINDS
         done = x.new_zeros(B, J, N_TARGETS, N_KINDS)
         traded = x.new_zeros(B, J, N_TARGETS, N_KINDS)
@@ -209,12 +219,13 @@ class LargeExecutionModel(nn.Module):
             curve.div_(curve.sum(dim=axis, keepdim=True) + EPS)
 
     def compile_recurrence(self) -> LargeExecutionModel:
-        """Fuse each TKAN step, forward and backward, with ``torch.compile`` (optional: it takes a
-        C++ compiler and about a minute, see benchmarks/model_throughput.py --compile for what
-        it buys). The model stays an ordinary module (state dict unchanged)."""
-        steps = RecurrenceSteps.compiled()
+        """Compile each TKAN loop, forward and backward, whole with ``torch.compile`` (optional: it
+        takes a C++ compiler and about a minute per batch size, see
+        benchmarks/model_throughput.py --compile for what it buys). The model stays an ordinary
+        module (state dict unchanged)."""
+        loops = RecurrenceLoops.compiled()
         for layer in self.rnn:
-            layer.steps = steps
+            layer.loops = loops
         return self
 
     def num_parameters(self) -> int:

@@ -131,7 +131,7 @@ class TKAN(nn.Module):
         self.sub_recurrent_states = nn.Parameter(orthogonal_(torch.empty(d_in, d_in)))
         self.aggregated_weight = nn.Parameter(glorot_uniform_(torch.empty(d_in, units), d_in, units))
         self.aggregated_bias = nn.Parameter(torch.zeros(units))
-        self.steps = RecurrenceSteps()  # LargeExecutionModel.compile_recurrence swaps in compiled ones
+        self.loops = RecurrenceLoops()  # LargeExecutionModel.compile_recurrence swaps in compiled ones
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_in) -> (B, T, units). The input terms of every step are two matrix products
@@ -144,21 +144,21 @@ class TKAN(nn.Module):
         args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.basis_major_weight(),
                 kan.bias, self.sub_kernel, self.sub_recurrent_states, self.aggregated_weight, self.aggregated_bias)
         if torch.is_grad_enabled():
-            h = TKANRecurrence.apply(self.steps, *args)
+            h = TKANRecurrence.apply(self.loops, *args)
         else:
-            h = float32_recurrence(*args, step=self.steps.forward)
+            h = float32_recurrence(*args, loop=self.loops.forward)
         return h.transpose(0, 1)
 
 
-def float32_recurrence(*args: torch.Tensor, step) -> torch.Tensor:
+def float32_recurrence(*args: torch.Tensor, loop) -> torch.Tensor:
     """The no-grad forward loop in the precision TKANRecurrence trains in: under CUDA's bf16
     autocast, float32 (its ``custom_fwd(cast_inputs=float32)``), so evaluation and serving
     compute what training computed; otherwise the inputs' own precision."""
     device = args[0].device.type
     if not torch.is_autocast_enabled(device):
-        return recurrence(*args, step=step)[0]
+        return loop(*args, keep=False)[0]
     with torch.autocast(device, enabled=False):
-        return recurrence(*(a.float() for a in args), step=step)[0]
+        return loop(*(a.float() for a in args), keep=False)[0]
 
 
 def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
@@ -185,29 +185,28 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
     return h, c, s, gates, q, k, o, features, slopes
 
 
-def recurrence(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Tensor, keep: bool = False,
-               step=forward_step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The forward loop of :class:`TKANRecurrence`: h for every step, (T, B, u), and with
-    ``keep`` the rest of what ``step`` returns, over the steps (what the backward reads). The
-    KAN features and slopes, the largest, are written in place, step by step, while they are in
-    cache; the rest is stacked at the end."""
+def forward_loop(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Tensor, keep: bool = False
+                 ) -> tuple[torch.Tensor, ...]:
+    """The forward loop of :class:`TKANRecurrence`: (h,) for every step, (T, B, u), and with
+    ``keep`` also what the backward reads, over the steps: c, s, gates, q, k, o, features, slopes. Eagerly, the KAN
+    features and slopes, the largest, are written in place, step by step, while they are in
+    cache; compiled, the loop is one graph and they are stacked with the rest."""
     T, B, d = kan_x.shape
     centres = basis_centres(kan_x)
     h = gates_x.new_zeros(B, weights[0].shape[0])
     c = torch.zeros_like(h)
     s = kan_x.new_zeros(B, d)
-    features = kan_x.new_empty(T, B, 1 + N_BASES, d) if keep else None
-    slopes = torch.empty_like(features) if keep else None
+    in_place = keep and not torch.compiler.is_compiling()
+    features = kan_x.new_empty(T, B, 1 + N_BASES, d) if in_place else None
+    slopes = torch.empty_like(features) if in_place else None
     steps: list[tuple[torch.Tensor, ...]] = []
     for t in range(T):
-        out = step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep,
-                   *((features[t], slopes[t]) if keep else ()))
+        out = forward_step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep,
+                           *((features[t], slopes[t]) if in_place else ()))
         h, c, s = out[:3]
-        steps.append(out[:7])
-    stacked = dict(zip(("h",) + TKANRecurrence.KEPT, (torch.stack(v) for v in zip(*steps))))
-    if keep:
-        stacked.update(features=features, slopes=slopes)
-    return stacked.pop("h"), stacked
+        steps.append(out[:7] if in_place else out if keep else out[:1])
+    stacked = tuple(torch.stack(v) for v in zip(*steps))
+    return stacked + (features, slopes) if in_place else stacked
 
 
 def backward_step(grad_h: torch.Tensor, dh: torch.Tensor, dc: torch.Tensor, ds: torch.Tensor,
@@ -231,18 +230,38 @@ def backward_step(grad_h: torch.Tensor, dh: torch.Tensor, dc: torch.Tensor, ds: 
     return d_gates @ w_rec_t, dc * forget, ds_prev, d_out_gate, dk, ds, dz, dq, d_gates
 
 
-@dataclass(frozen=True)
-class RecurrenceSteps:
-    """The step functions the recurrence runs: eager, or compiled (:meth:`compiled`)."""
+def backward_loop(grad_h: torch.Tensor, to_gate: torch.Tensor, to_cell: torch.Tensor, slopes: torch.Tensor,
+                  rstd: torch.Tensor, zhat: torch.Tensor, to_gates: torch.Tensor, forget: torch.Tensor,
+                  *weights_t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The backward loop of :class:`TKANRecurrence`, from the last step to the first, carrying
+    the state gradients: each step's (output gate, k, s, z, q, gates) gradients, stacked over
+    the steps in time order, (T, B, .)."""
+    T, B, u = grad_h.shape
+    d = zhat.shape[-1]
+    carried = (grad_h.new_zeros(B, u), grad_h.new_zeros(B, u), grad_h.new_zeros(B, d))  # dL/d h, c, s
+    per_step = []
+    for t in range(T - 1, -1, -1):
+        out = backward_step(grad_h[t], *carried, to_gate[t], to_cell[t], slopes[t], rstd[t], zhat[t], to_gates[t],
+                            forget[t], *weights_t)
+        carried = out[:3]
+        per_step.append(out[3:])
+    return tuple(torch.stack(g[::-1]) for g in zip(*per_step))  # the steps ran backwards in time: flip once
 
-    forward: Callable[..., tuple[torch.Tensor, ...]] = forward_step
-    backward: Callable[..., tuple[torch.Tensor, ...]] = backward_step
+
+@dataclass(frozen=True)
+class RecurrenceLoops:
+    """The loops the recurrence runs: eager, or compiled (:meth:`compiled`)."""
+
+    forward: Callable[..., tuple[torch.Tensor, ...]] = forward_loop
+    backward: Callable[..., tuple[torch.Tensor, ...]] = backward_loop
 
     @classmethod
-    def compiled(cls) -> RecurrenceSteps:
-        """Each step's dozens of small operations fused by ``torch.compile`` (shapes fixed, so
-        one graph per step function, reused for every step and layer)."""
-        return cls(torch.compile(forward_step, dynamic=False), torch.compile(backward_step, dynamic=False))
+    def compiled(cls) -> RecurrenceLoops:
+        """Each whole loop, unrolled over its T steps, as one ``torch.compile`` graph: the
+        hundreds of small operations of all steps fused into a few kernels per step, with one
+        Python call per loop instead of one per operation. Shapes are fixed (one graph per
+        batch size and T, reused by every layer of that width)."""
+        return cls(torch.compile(forward_loop, dynamic=False), torch.compile(backward_loop, dynamic=False))
 
 
 class TKANRecurrence(torch.autograd.Function):
@@ -254,16 +273,13 @@ class TKANRecurrence(torch.autograd.Function):
     where KAN(q) = kan_terms(LN(q)) W + b with the basis-major weight.
     """
 
-    KEPT = ("c", "s", "gates", "q", "k", "o", "features", "slopes")
-
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(ctx, steps, gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg):
-        out, kept = recurrence(gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg,
-                               keep=True, step=steps.forward)
-        ctx.backward_step = steps.backward
-        ctx.save_for_backward(out, *(kept[name] for name in TKANRecurrence.KEPT), w_rec, ln_w, w_kan, sub_kernel,
-                              w_sub, w_agg)
+    def forward(ctx, loops, gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg):
+        out, *kept = loops.forward(gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg,
+                                   keep=True)
+        ctx.backward_loop = loops.backward
+        ctx.save_for_backward(out, *kept, w_rec, ln_w, w_kan, sub_kernel, w_sub, w_agg)
         return out
 
     @staticmethod
@@ -290,15 +306,10 @@ class TKANRecurrence(torch.autograd.Function):
         zhat = (q_all - mean) * rstd
 
         weights_t = (w1, w2, ln_w, w_agg.t(), w_kan.t(), w_sub.t(), w_rec.t())
-        carried = (grad_h.new_zeros(B, u), grad_h.new_zeros(B, u), grad_h.new_zeros(B, d))  # dL/d h, c, s
-        per_step = []
-        for t in range(T - 1, -1, -1):
-            out = ctx.backward_step(grad_h[t], *carried, to_gate[t], to_cell[t], slopes[t], rstd[t], zhat[t],
-                                    to_gates[t], f_g[t], *weights_t)
-            carried = out[:3]
-            per_step.append(out[3:])
-        # The steps ran backwards in time: flip once.
-        d_out_gate, d_k, d_s, d_z, d_q, d_gates = (torch.stack(g[::-1]).flatten(0, 1) for g in zip(*per_step))
+        # Contiguous: the upstream gradient's layout varies, and a compiled loop is fixed to one.
+        d_out_gate, d_k, d_s, d_z, d_q, d_gates = (
+            g.flatten(0, 1) for g in ctx.backward_loop(grad_h.contiguous(), to_gate, to_cell, slopes, rstd, zhat, to_gates, f_g,
+                                                       *weights_t))
         # Each weight gradient is one product over all (step, row) pairs.
         rows = T * B
         h_prev = torch.cat([zeros_u, h_all[:-1]]).view(rows, u)
