@@ -46,7 +46,7 @@ def main() -> None:
     val_set = Subset(val_set, range(min(len(val_set), args.val_batches * args.batch_size)))
     samples = min(args.samples or len(train_set), len(train_set))
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, samples_per_epoch=samples, device=args.device,
-                      cuda_graphs=args.cuda_graphs, compile_recurrence=args.compile, progress=False)
+                      cuda_graphs=args.cuda_graphs, compile=args.compile, progress=False)
     with tempfile.TemporaryDirectory() as state_dir:
         t0 = time.perf_counter()
         result = train(model, train_set, val_set, cfg, state_dir, resume=False)

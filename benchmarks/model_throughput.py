@@ -67,17 +67,17 @@ def timed(fn, steps: int, device: str) -> float:
 def train_step_fn(cfg: LEMConfig, batch: int, device: str, mode: str = "eager"):
     """(model, forward, train_step) on a fixed random batch: what is timed and profiled. The
     step is lem_model.train's own (make_train_step, the reference objective); ``mode``
-    "eager", or "compiled" (the TKAN loops compiled) and/or "graphed" (the step replayed as a
+    "eager", or "compiled" (LargeExecutionModel.compile) and/or "graphed" (the step replayed as a
     CUDA graph, lem_model.cuda_graphs; CUDA only), e.g. "compiled+graphed"."""
     torch.manual_seed(0)
     dev = torch.device(device)
     model = LargeExecutionModel(cfg).to(dev)
     graphs = "graphed" in mode
     if "compiled" in mode:
-        model.compile_recurrence()
+        model.compile()
     opt = adam(model.parameters(), lr=1e-5, capturable_on=dev if graphs else None)
     x, rmin, rmax, vol, px = make_batch(cfg, batch, device)
-    step = make_train_step(model, opt, TrainConfig(objective="reference"), dev)
+    step = make_train_step(model, opt, TrainConfig(objective="reference", compile="compiled" in mode), dev)
     graphed = GraphedTrainStep(step, model, opt) if graphs else None
 
     @torch.no_grad()
@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--only", choices=["small", "paper"], default=None)
-    ap.add_argument("--compile", action="store_true", help="also time with the TKAN loops compiled (LargeExecutionModel.compile_recurrence)")
+    ap.add_argument("--compile", action="store_true", help="also time with the model compiled (LargeExecutionModel.compile)")
     ap.add_argument("--cuda-graphs", action="store_true", help="also time the train step replayed as a CUDA graph (CUDA only)")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="also print the K operators with the most self time in our train step, per config")

@@ -218,14 +218,16 @@ class LargeExecutionModel(nn.Module):
             curve.clamp_(min=0.0)
             curve.div_(curve.sum(dim=axis, keepdim=True) + EPS)
 
-    def compile_recurrence(self) -> LargeExecutionModel:
-        """Compile each TKAN loop, forward and backward, whole with ``torch.compile`` (optional: it
-        takes a C++ compiler and about a minute per batch size, see
-        benchmarks/model_throughput.py --compile for what it buys). The model stays an ordinary
-        module (state dict unchanged)."""
+    def compile(self, **kwargs) -> LargeExecutionModel:
+        """``torch.compile`` this model's forward in place (``nn.Module.compile``: the state dict
+        and the module stay as they are), with each TKAN loop, forward and backward, compiled
+        whole on its own (lem_model.tkan.run_recurrence). Optional: it takes a C++ compiler and
+        a few minutes on 2 cores, again for each new batch size; see
+        benchmarks/model_throughput.py --compile for what it buys."""
         loops = RecurrenceLoops.compiled()
         for layer in self.rnn:
             layer.loops = loops
+        super().compile(**{"dynamic": False, **kwargs})
         return self
 
     def num_parameters(self) -> int:

@@ -131,7 +131,7 @@ class TKAN(nn.Module):
         self.sub_recurrent_states = nn.Parameter(orthogonal_(torch.empty(d_in, d_in)))
         self.aggregated_weight = nn.Parameter(glorot_uniform_(torch.empty(d_in, units), d_in, units))
         self.aggregated_bias = nn.Parameter(torch.zeros(units))
-        self.loops = RecurrenceLoops()  # LargeExecutionModel.compile_recurrence swaps in compiled ones
+        self.loops = RecurrenceLoops()  # LargeExecutionModel.compile swaps in compiled ones
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, d_in) -> (B, T, units). The input terms of every step are two matrix products
@@ -143,11 +143,18 @@ class TKAN(nn.Module):
         kan = self.sub_kan
         args = (gates_x, kan_x, self.recurrent_kernel, kan.norm.weight, kan.norm.bias, kan.basis_major_weight(),
                 kan.bias, self.sub_kernel, self.sub_recurrent_states, self.aggregated_weight, self.aggregated_bias)
-        if torch.is_grad_enabled():
-            h = TKANRecurrence.apply(self.loops, *args)
-        else:
-            h = float32_recurrence(*args, loop=self.loops.forward)
-        return h.transpose(0, 1)
+        return run_recurrence(self.loops, *args).transpose(0, 1)
+
+
+@torch.compiler.disable(recursive=False)
+def run_recurrence(loops: RecurrenceLoops, *args: torch.Tensor) -> torch.Tensor:
+    """The recurrence, (T, B, u): one autograd node in training, the bare forward loop in
+    inference. Opaque to a ``torch.compile`` of the model (LargeExecutionModel.compile), which
+    would otherwise unroll both loops into the model's graph (minutes of compiling); the loops
+    are compiled on their own, each once per batch size, and shared by the layers."""
+    if torch.is_grad_enabled():
+        return TKANRecurrence.apply(loops, *args)
+    return float32_recurrence(*args, loop=loops.forward)
 
 
 def float32_recurrence(*args: torch.Tensor, loop) -> torch.Tensor:
@@ -248,20 +255,65 @@ def backward_loop(grad_h: torch.Tensor, to_gate: torch.Tensor, to_cell: torch.Te
     return tuple(torch.stack(g[::-1]) for g in zip(*per_step))  # the steps ran backwards in time: flip once
 
 
+def recurrence_backward(grad_h: torch.Tensor, h_all: torch.Tensor, c_all: torch.Tensor, s_all: torch.Tensor,
+                        gates_all: torch.Tensor, q_all: torch.Tensor, k_all: torch.Tensor, o_all: torch.Tensor,
+                        features: torch.Tensor, slopes: torch.Tensor, w_rec: torch.Tensor, ln_w: torch.Tensor,
+                        w_kan: torch.Tensor, sub_kernel: torch.Tensor, w_sub: torch.Tensor, w_agg: torch.Tensor
+                        ) -> tuple[torch.Tensor, ...]:
+    """TKANRecurrence's backward: from dL/dh (T, B, u) and what the forward kept, the gradients
+    of its tensor inputs (gates_x, kan_x and the weights, in its order)."""
+    T, B, u = h_all.shape
+    d = s_all.shape[-1]
+    w1, w2 = sub_kernel[:d], sub_kernel[d:]
+    # Everything that does not depend on the carried gradients, for all steps at once.
+    zeros_u = c_all.new_zeros(1, B, u)
+    c_prev = torch.cat([zeros_u, c_all[:-1]])
+    tanh_c = torch.tanh(c_all)
+    to_gate = tanh_c * o_all * (1 - o_all)  # dL/d(output gate pre-activation) per dL/dh
+    to_cell = o_all * (1 - tanh_c * tanh_c)  # dL/dc per dL/dh
+    i_g, f_g, cand = gates_all.chunk(3, dim=-1)
+    tanh_cand = torch.tanh(cand)
+    # dL/d(gate pre-activations) per dL/dc, for i, f and the candidate, stacked (T, B, 3, u).
+    to_gates = (torch.stack([tanh_cand, c_prev, i_g * (1 - tanh_cand * tanh_cand)], dim=2)
+                * (gates_all * (1 - gates_all)).view(T, B, 3, u))
+    mean = q_all.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(q_all.var(-1, unbiased=False, keepdim=True) + LN_EPS)
+    zhat = (q_all - mean) * rstd
+
+    weights_t = (w1, w2, ln_w, w_agg.t(), w_kan.t(), w_sub.t(), w_rec.t())
+    d_out_gate, d_k, d_s, d_z, d_q, d_gates = (
+        g.flatten(0, 1) for g in backward_loop(grad_h, to_gate, to_cell, slopes, rstd, zhat, to_gates, f_g, *weights_t))
+    # Each weight gradient is one product over all (step, row) pairs.
+    rows = T * B
+    h_prev = torch.cat([zeros_u, h_all[:-1]]).view(rows, u)
+    s_prev = torch.cat([s_all.new_zeros(1, B, d), s_all[:-1]]).view(rows, d)
+    k_flat = k_all.view(rows, d)
+    grad_w_rec = h_prev.t() @ d_gates
+    grad_ln_w = (d_z * zhat.view(rows, d)).sum(0)
+    grad_ln_b = d_z.sum(0)
+    grad_w_kan = features.view(rows, -1).t() @ d_k
+    grad_b_kan = d_k.sum(0)
+    grad_sub_kernel = torch.cat([(k_flat * d_s).sum(0), (s_prev * d_s).sum(0)])
+    grad_w_sub = s_prev.t() @ d_q
+    grad_w_agg = k_flat.t() @ d_out_gate
+    grad_b_agg = d_out_gate.sum(0)
+    return (d_gates.view(T, B, 3 * u), d_q.view(T, B, d), grad_w_rec, grad_ln_w, grad_ln_b, grad_w_kan,
+            grad_b_kan, grad_sub_kernel, grad_w_sub, grad_w_agg, grad_b_agg)
+
 @dataclass(frozen=True)
 class RecurrenceLoops:
     """The loops the recurrence runs: eager, or compiled (:meth:`compiled`)."""
 
     forward: Callable[..., tuple[torch.Tensor, ...]] = forward_loop
-    backward: Callable[..., tuple[torch.Tensor, ...]] = backward_loop
+    backward: Callable[..., tuple[torch.Tensor, ...]] = recurrence_backward
 
     @classmethod
     def compiled(cls) -> RecurrenceLoops:
-        """Each whole loop, unrolled over its T steps, as one ``torch.compile`` graph: the
-        hundreds of small operations of all steps fused into a few kernels per step, with one
-        Python call per loop instead of one per operation. Shapes are fixed (one graph per
-        batch size and T, reused by every layer of that width)."""
-        return cls(torch.compile(forward_loop, dynamic=False), torch.compile(backward_loop, dynamic=False))
+        """The forward loop and the whole backward, each unrolled over its T steps as one
+        ``torch.compile`` graph: the hundreds of small operations of all steps fused into a few
+        kernels per step, with one Python call instead of one per operation. Shapes are fixed
+        (one graph per batch size and T, reused by every layer of that width)."""
+        return cls(torch.compile(forward_loop, dynamic=False), torch.compile(recurrence_backward, dynamic=False))
 
 
 class TKANRecurrence(torch.autograd.Function):
@@ -278,51 +330,12 @@ class TKANRecurrence(torch.autograd.Function):
     def forward(ctx, loops, gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg):
         out, *kept = loops.forward(gates_x, kan_x, w_rec, ln_w, ln_b, w_kan, b_kan, sub_kernel, w_sub, w_agg, b_agg,
                                    keep=True)
-        ctx.backward_loop = loops.backward
+        ctx.backward = loops.backward
         ctx.save_for_backward(out, *kept, w_rec, ln_w, w_kan, sub_kernel, w_sub, w_agg)
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_h):
-        (h_all, c_all, s_all, gates_all, q_all, k_all, o_all, features, slopes,
-         w_rec, ln_w, w_kan, sub_kernel, w_sub, w_agg) = ctx.saved_tensors
-        T, B, u = h_all.shape
-        d = s_all.shape[-1]
-        w1, w2 = sub_kernel[:d], sub_kernel[d:]
-        # Everything that does not depend on the carried gradients, for all steps at once.
-        zeros_u = c_all.new_zeros(1, B, u)
-        c_prev = torch.cat([zeros_u, c_all[:-1]])
-        tanh_c = torch.tanh(c_all)
-        to_gate = tanh_c * o_all * (1 - o_all)  # dL/d(output gate pre-activation) per dL/dh
-        to_cell = o_all * (1 - tanh_c * tanh_c)  # dL/dc per dL/dh
-        i_g, f_g, cand = gates_all.chunk(3, dim=-1)
-        tanh_cand = torch.tanh(cand)
-        # dL/d(gate pre-activations) per dL/dc, for i, f and the candidate, stacked (T, B, 3, u).
-        to_gates = (torch.stack([tanh_cand, c_prev, i_g * (1 - tanh_cand * tanh_cand)], dim=2)
-                    * (gates_all * (1 - gates_all)).view(T, B, 3, u))
-        mean = q_all.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(q_all.var(-1, unbiased=False, keepdim=True) + LN_EPS)
-        zhat = (q_all - mean) * rstd
-
-        weights_t = (w1, w2, ln_w, w_agg.t(), w_kan.t(), w_sub.t(), w_rec.t())
-        # Contiguous: the upstream gradient's layout varies, and a compiled loop is fixed to one.
-        d_out_gate, d_k, d_s, d_z, d_q, d_gates = (
-            g.flatten(0, 1) for g in ctx.backward_loop(grad_h.contiguous(), to_gate, to_cell, slopes, rstd, zhat, to_gates, f_g,
-                                                       *weights_t))
-        # Each weight gradient is one product over all (step, row) pairs.
-        rows = T * B
-        h_prev = torch.cat([zeros_u, h_all[:-1]]).view(rows, u)
-        s_prev = torch.cat([s_all.new_zeros(1, B, d), s_all[:-1]]).view(rows, d)
-        k_flat = k_all.view(rows, d)
-        grad_w_rec = h_prev.t() @ d_gates
-        grad_ln_w = (d_z * zhat.view(rows, d)).sum(0)
-        grad_ln_b = d_z.sum(0)
-        grad_w_kan = features.view(rows, -1).t() @ d_k
-        grad_b_kan = d_k.sum(0)
-        grad_sub_kernel = torch.cat([(k_flat * d_s).sum(0), (s_prev * d_s).sum(0)])
-        grad_w_sub = s_prev.t() @ d_q
-        grad_w_agg = k_flat.t() @ d_out_gate
-        grad_b_agg = d_out_gate.sum(0)
-        return (None, d_gates.view(T, B, 3 * u), d_q.view(T, B, d), grad_w_rec, grad_ln_w, grad_ln_b, grad_w_kan,
-                grad_b_kan, grad_sub_kernel, grad_w_sub, grad_w_agg, grad_b_agg)
+        # Contiguous: the upstream gradient's layout varies, and a compiled backward is fixed to one.
+        return (None, *ctx.backward(grad_h.contiguous(), *ctx.saved_tensors))

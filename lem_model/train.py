@@ -65,7 +65,7 @@ class TrainConfig:
     # finish gate starts as the fitted rule (LEMConfig.rule_prior="fitted").
     rule_fit_windows: int = 32_768
     device: str = "auto"  # "auto": CUDA when available
-    compile_recurrence: bool = False
+    compile: bool = False  # torch.compile the model (LargeExecutionModel.compile)
     # Replay each full batch's train step as one captured CUDA graph (lem_model.cuda_graphs):
     # CUDA and one process only; the same arithmetic as the eager step, thousands fewer launches.
     cuda_graphs: bool = False
@@ -225,12 +225,13 @@ def make_train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
     graph, and the benchmark times exactly this."""
     model = unwrap(net)
     n_ahead = model.cfg.n_ahead
+    loss_of = torch.compile(objective, dynamic=False) if cfg.compile else objective  # the model: train()
 
     def step(x: torch.Tensor, vol: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
         lo, hi = rates(len(x), n_ahead, cfg, device)
         with autocast(device):
             alloc = net(x, lo, hi)
-        loss = objective(alloc.float(), vol, px, cfg)
+        loss = loss_of(alloc.float(), vol, px, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -352,8 +353,8 @@ def train(
     if model.cfg.rule_prior == "fitted" and not (resume and state_path.exists()):
         model.set_stop_thresholds(fit_rule_prior(model, train_set, cfg))
     model.to(device)
-    if cfg.compile_recurrence:
-        model.compile_recurrence()
+    if cfg.compile:
+        model.compile()
     graphs = cfg.cuda_graphs and device.type == "cuda"
     if graphs and dist_info.world > 1:
         raise ValueError("cuda_graphs runs in one process; under torchrun train without it")

@@ -25,7 +25,7 @@ class TrainingRunConfig(dg.Config):
     seed: int | None = None
     seeds: int | None = None  # > 1: that many trainings, seeds seed..seed+seeds-1 (lem_pipeline.seed_training)
     causal: bool = True  # False reproduces the reference's one-bar look-ahead, to measure it
-    compile_recurrence: bool = False
+    compile: bool = False  # torch.compile the model (LargeExecutionModel.compile)
     cuda_graphs: bool = False  # on a GPU, replay the train step as a CUDA graph (lem_model.cuda_graphs)
 
 
@@ -33,7 +33,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
                   lake: DataLake, tracking: MLflowTracking) -> dg.MaterializeResult:
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr), ("batch_size", config.batch_size),
                                    ("seed", config.seed), ("seeds", config.seeds)) if v is not None}
-    tcfg = dataclasses.replace(preset.training, **overrides, compile_recurrence=config.compile_recurrence,
+    tcfg = dataclasses.replace(preset.training, **overrides, compile=config.compile,
                                cuda_graphs=config.cuda_graphs, progress=False)
     seeded = train_seeds_for_asset(dataset, dataset, tcfg, causal=config.causal, preset=preset, lake=lake,
                                    tracking=tracking, run_id=context.run.run_id,

@@ -1,5 +1,5 @@
 """The CUDA paths against the CPU ones: the fused TKAN recurrence and the whole model on the GPU
-equal the CPU in float64, the compiled steps equal eager, bf16 autocast keeps the output
+equal the CPU in float64, the compiled model equals eager, bf16 autocast keeps the output
 contract (feasible, causal, near float32; inference computes what training computes), and a
 train run replayed as CUDA graphs equals the eager run.
 
@@ -75,11 +75,11 @@ def test_model_on_cuda_equals_the_cpu_in_float64(cfg):
     assert sum(int(g.abs().max() > 0) for g in cpu_grads.values()) > len(cpu_grads) // 2
 
 
-def test_compiled_recurrence_on_cuda_equals_eager():
+def test_compiled_model_on_cuda_equals_eager():
     eager = scrambled(TINY, 0, scale=0.1).to(CUDA)
     compiled = LargeExecutionModel(TINY).to(CUDA)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_recurrence()
+    compiled.compile()
     x = inputs(TINY, 6, 2).to(CUDA)
     vol, px = (t.to(CUDA) for t in targets(6, 2))
     allocs, grads_ = zip(*(alloc_and_grads(m, x, *rates(6, CUDA), vol, px) for m in (eager, compiled)))
