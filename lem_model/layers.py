@@ -226,9 +226,12 @@ class FusedMLP(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         J, d_in, P, H = self.w1.shape
         B = z.shape[0]
-        # ReLU in place: the matmul's output is fresh, and a new tensor would cost more than the ReLU.
-        x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H)).relu_()  # (J, B, P*H)
-        x = x.view(J, B, P, H).transpose(1, 2).reshape(J * P, B, H)
+        x = torch.baddbmm(self.b1, z.transpose(0, 1), self.w1.view(J, d_in, P * H))  # (J, B, P*H)
+        # ReLU in place, after the copy to path-major: the copy is fresh, and its output is the
+        # tensor the next matmul's backward keeps, so the ReLU's backward reads it too (compiled,
+        # a ReLU before the copy kept a separate boolean mask, whose store inductor's CPU code
+        # runs 10x slower than the ReLU).
+        x = x.view(J, B, P, H).transpose(1, 2).reshape(J * P, B, H).relu_()
         x = torch.baddbmm(self.b2, x, self.w2).relu_()  # (J*P, B, H)
         # The last layer has one output per path: a multiply and a sum, not a matmul with an inner
         # size of 1 (whose backward MKL runs as slow outer products).
