@@ -3,8 +3,8 @@
 #   1. tests/model/test_cuda.py: CUDA against CPU, compiled against eager, bf16 autocast's
 #      contract, CUDA-graph training against eager training;
 #   2. benchmarks/model_throughput.py on CUDA: the train step, small (batch 64) and paper
-#      (batch 256), eager, compiled (LargeExecutionModel.compile), replayed as a CUDA graph and both, with the
-#      eager step's top operators and kernels;
+#      (batch 256), eager, compiled (LargeExecutionModel.compile), replayed as a CUDA graph and
+#      both, with the eager step's top operators and kernels;
 #   3. benchmarks/epoch_throughput.py: one whole epoch of the paper_dow windows replayed as
 #      CUDA graphs, and 100 eager batches of it, each with the projected epoch of the paper's
 #      959k crypto windows.

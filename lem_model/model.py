@@ -7,6 +7,8 @@ lem_model.vocabulary names. Allocations are >= 0 and sum to 1 over the steps.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -218,7 +220,7 @@ class LargeExecutionModel(nn.Module):
             curve.clamp_(min=0.0)
             curve.div_(curve.sum(dim=axis, keepdim=True) + EPS)
 
-    def compile(self, **kwargs) -> LargeExecutionModel:
+    def compile(self, **kwargs: Any) -> LargeExecutionModel:
         """``torch.compile`` this model's forward in place (``nn.Module.compile``: the state dict
         and the module stay as they are), with each TKAN loop, forward and backward, compiled
         whole on its own (lem_model.tkan.run_recurrence). Optional: it takes a C++ compiler and

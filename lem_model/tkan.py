@@ -195,9 +195,10 @@ def forward_step(gates_x: torch.Tensor, kan_x: torch.Tensor, h: torch.Tensor, c:
 def forward_loop(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Tensor, keep: bool = False
                  ) -> tuple[torch.Tensor, ...]:
     """The forward loop of :class:`TKANRecurrence`: (h,) for every step, (T, B, u), and with
-    ``keep`` also what the backward reads, over the steps: c, s, gates, q, k, o, features, slopes. Eagerly, the KAN
-    features and slopes, the largest, are written in place, step by step, while they are in
-    cache; compiled, the loop is one graph and they are stacked with the rest."""
+    ``keep`` also what the backward reads, over the steps: c, s, gates, q, k, o, features and
+    slopes. Eagerly, the KAN features and slopes, the largest, are written in place, step by
+    step, while they are in cache; compiled, the loop is one graph and they are stacked with the
+    rest."""
     T, B, d = kan_x.shape
     centres = basis_centres(kan_x)
     h = gates_x.new_zeros(B, weights[0].shape[0])
@@ -299,6 +300,7 @@ def recurrence_backward(grad_h: torch.Tensor, h_all: torch.Tensor, c_all: torch.
     grad_b_agg = d_out_gate.sum(0)
     return (d_gates.view(T, B, 3 * u), d_q.view(T, B, d), grad_w_rec, grad_ln_w, grad_ln_b, grad_w_kan,
             grad_b_kan, grad_sub_kernel, grad_w_sub, grad_w_agg, grad_b_agg)
+
 
 @dataclass(frozen=True)
 class RecurrenceLoops:
