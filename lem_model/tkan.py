@@ -212,7 +212,11 @@ def forward_loop(gates_x: torch.Tensor, kan_x: torch.Tensor, *weights: torch.Ten
         out = forward_step(gates_x[t], kan_x[t], h, c, s, *weights, centres, keep,
                            *((features[t], slopes[t]) if in_place else ()))
         h, c, s = out[:3]
-        steps.append(out[:7] if in_place else out if keep else out[:1])
+        if not keep:
+            out = out[:1]
+        elif in_place:
+            out = out[:7]  # the features and slopes are already in their buffers
+        steps.append(out)
     stacked = tuple(torch.stack(v) for v in zip(*steps))
     return stacked + (features, slopes) if in_place else stacked
 

@@ -225,7 +225,8 @@ def make_train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
     graph, and the benchmark times exactly this."""
     model = unwrap(net)
     n_ahead = model.cfg.n_ahead
-    loss_of = torch.compile(objective, dynamic=False) if cfg.compile else objective  # the model: train()
+    # With cfg.compile the objective is compiled here; the model is, by train(), before the step is made.
+    loss_of = torch.compile(objective, dynamic=False) if cfg.compile else objective
 
     def step(x: torch.Tensor, vol: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
         lo, hi = rates(len(x), n_ahead, cfg, device)
