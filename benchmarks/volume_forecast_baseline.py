@@ -8,7 +8,15 @@ step takes what is left. (level, phi) is chosen on the training windows, then sc
 validation windows (never the test split): the std reduction against TWAP in volume, as the
 evaluation reports it, 1 - std(schedule's slippage to VWAP) / std(TWAP's).
 
-    python benchmarks/volume_forecast_baseline.py WINDOWS_DIR
+``--calendar`` (daily equity windows) also scales each bar's forecast by what its date is known
+in advance to be: a quarterly expiry (third Friday of March, June, September, December), a
+monthly one, the month's last session, the session before a market holiday, or the year-end
+weeks, each by its median volume against the 60 sessions before the window on the training
+windows. The LEM's inputs carry no such thing about bars still to come: this measures what they
+would be worth to a volume forecast. The sessions' dates are the windows' own (index.parquet),
+so the trading calendar is the one the data traded on.
+
+    python benchmarks/volume_forecast_baseline.py WINDOWS_DIR [--calendar]
 
 WINDOWS_DIR is a windows directory, e.g. the equity one ``lem run --preset dow30_cpu`` builds
 (``$LEM_DATA_DIR/windows/equity``). Under a minute on 2 cores.
@@ -17,9 +25,14 @@ WINDOWS_DIR is a windows directory, e.g. the equity one ``lem run --preset dow30
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from lem_model.baselines import schedule_slippage_bps
@@ -27,53 +40,130 @@ from lem_model.window_dataset import WindowDataset
 
 LEVELS = (10, 20, 60)
 PHIS = (0.5, 0.7, 0.8, 0.9)
+CALENDAR_LEVEL = 60  # the sessions before the window a calendar multiplier is measured against
 
 
-def forecast_schedule(volume_history: np.ndarray, lookback: int, n_ahead: int, level: int, phi: float) -> np.ndarray:
+class Session(IntEnum):
+    """What a session's date says of its volume before it trades (the first that applies)."""
+
+    ORDINARY = 0
+    QUARTERLY_EXPIRY = 1
+    MONTHLY_EXPIRY = 2
+    MONTH_END = 3
+    BEFORE_HOLIDAY = 4
+    YEAR_END = 5  # 24 December to 2 January
+
+
+def session_kind(day: dt.date, next_session: dt.date) -> Session:
+    third_friday = day.weekday() == 4 and 15 <= day.day <= 21
+    if third_friday:
+        return Session.QUARTERLY_EXPIRY if day.month % 3 == 0 else Session.MONTHLY_EXPIRY
+    if next_session.month != day.month:
+        return Session.MONTH_END
+    if (next_session - day).days > (3 if day.weekday() == 4 else 1):
+        return Session.BEFORE_HOLIDAY
+    if (day.month, day.day) >= (12, 24) or (day.month, day.day) <= (1, 2):
+        return Session.YEAR_END
+    return Session.ORDINARY
+
+
+@dataclass
+class Split:
+    history: np.ndarray  # (B, L+N) volumes of rows r-L .. r+N-1
+    volumes: np.ndarray  # (B, N) the execution bars'
+    prices: np.ndarray  # (B, N)
+    lookback: int
+    n_ahead: int
+    sessions: np.ndarray | None = None  # (B, N) Session of each execution bar, with --calendar
+
+
+def split_arrays(windows: str, split: str, calendar: bool = False) -> Split:
+    data = WindowDataset(windows, split)
+    x, volumes, prices = data.gather(np.arange(len(data)))
+    history = np.concatenate([x[:, :, -1], volumes[:, -1:]], axis=1).astype(np.float64)  # rows r-L .. r+N-1
+    out = Split(history, volumes.astype(np.float64), prices.astype(np.float64), data.lookback, data.n_ahead)
+    if calendar:
+        out.sessions = execution_sessions(Path(windows), split, data.n_ahead)
+    return out
+
+
+def execution_sessions(windows: Path, split: str, n_ahead: int) -> np.ndarray:
+    """(B, N) the Session of each window's execution bars, rows in the split's order. The
+    trading calendar is every date a window of any symbol starts or ends on or looks back from."""
+    index = pl.read_parquet(windows / "index.parquet")
+    if index["freq_min"].unique().to_list() != [1440]:
+        raise SystemExit(f"--calendar needs daily windows; {windows} holds freq_min "
+                         f"{index['freq_min'].unique().to_list()}")
+    days = sorted(set().union(*(index[c].dt.date().to_list() for c in ("first_time", "start_time", "end_time"))))
+    at = {d: i for i, d in enumerate(days)}
+    kinds = np.array([session_kind(d, days[i + 1] if i + 1 < len(days) else d + dt.timedelta(days=1))
+                      for i, d in enumerate(days)])
+    rows = index.filter(pl.col("split") == split).sort("row")
+    first = np.array([at[d] for d in rows["start_time"].dt.date().to_list()])
+    last = np.array([at[d] for d in rows["end_time"].dt.date().to_list()])
+    if not (last - first == n_ahead - 1).all():
+        raise SystemExit(f"{windows}: some {split} windows skip sessions other symbols traded; the calendar "
+                         "cannot date their bars")
+    return kinds[first[:, None] + np.arange(n_ahead)]
+
+
+def calendar_multipliers(train: Split) -> np.ndarray:
+    """Per Session, the median of an execution bar's volume over the mean of the CALENDAR_LEVEL
+    bars before its window, against the same for ordinary sessions (training windows only)."""
+    L = train.lookback
+    ratio = train.volumes / train.history[:, L - CALENDAR_LEVEL:L].mean(1, keepdims=True)
+    ordinary = np.median(ratio[train.sessions == Session.ORDINARY])
+    return np.array([np.median(ratio[train.sessions == k]) / ordinary for k in Session])
+
+
+def forecast_schedule(volume_history: np.ndarray, lookback: int, n_ahead: int, level: int, phi: float,
+                      scale: np.ndarray | None = None) -> np.ndarray:
     """(B, N) allocations from (B, L+N) volumes (the window's rows r-L .. r+N-1): step s reads
-    rows before r+s only."""
+    rows before r+s only. ``scale`` (B, N): each execution bar's forecast multiplier, known in
+    advance (the calendar's)."""
     B = volume_history.shape[0]
+    scale = np.ones((B, n_ahead)) if scale is None else scale
     alloc, done = np.zeros((B, n_ahead)), np.zeros(B)
     for s in range(n_ahead - 1):
         known = lookback + s  # rows 0 .. known-1 are before bar r+s
         mean = volume_history[:, known - level:known].mean(1, keepdims=True)
         last = volume_history[:, known - 1:known]
         h = np.arange(1, n_ahead - s + 1)[None, :]  # bars r+s .. r+N-1 are 1 .. N-s ahead of the last known
-        forecast = np.maximum(mean + phi**h * (last - mean), 1e-9)
+        forecast = np.maximum(mean + phi**h * (last - mean), 1e-9) * scale[:, s:]
         alloc[:, s] = (1 - done) * forecast[:, 0] / forecast.sum(1)
         done += alloc[:, s]
     alloc[:, -1] = 1 - done
     return alloc
 
 
-def split_arrays(windows: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    data = WindowDataset(windows, split)
-    x, volumes, prices = data.gather(np.arange(len(data)))
-    history = np.concatenate([x[:, :, -1], volumes[:, -1:]], axis=1).astype(np.float64)  # rows r-L .. r+N-1
-    return history, volumes.astype(np.float64), prices.astype(np.float64), data.lookback, data.n_ahead
-
-
-def std_reduction(history, volumes, prices, lookback, n_ahead, level, phi) -> float:
-    volumes, prices = torch.as_tensor(volumes), torch.as_tensor(prices)
-    twap = schedule_slippage_bps(torch.full_like(volumes, 1 / n_ahead), volumes, prices)
-    ours = schedule_slippage_bps(torch.as_tensor(forecast_schedule(history, lookback, n_ahead, level, phi)),
-                                 volumes, prices)
+def std_reduction(data: Split, level: int, phi: float, multipliers: np.ndarray | None = None) -> float:
+    volumes, prices = torch.as_tensor(data.volumes), torch.as_tensor(data.prices)
+    twap = schedule_slippage_bps(torch.full_like(volumes, 1 / data.n_ahead), volumes, prices)
+    scale = None if multipliers is None else multipliers[data.sessions]
+    alloc = forecast_schedule(data.history, data.lookback, data.n_ahead, level, phi, scale)
+    ours = schedule_slippage_bps(torch.as_tensor(alloc), volumes, prices)
     return float(1 - ours.std(correction=0) / twap.std(correction=0))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("windows")
+    ap.add_argument("--calendar", action="store_true", help="also scale the forecasts by the sessions' calendar")
     args = ap.parse_args()
-    train = split_arrays(args.windows, "train")
-    scores = {(lv, phi): std_reduction(*train, lv, phi) for lv, phi in itertools.product(LEVELS, PHIS)
-              if lv <= train[3]}
-    for (lv, phi), score in scores.items():
-        print(f"train: level {lv:3d}, phi {phi}: std reduction {score:.3f}")
-    level, phi = max(scores, key=scores.get)
-    val = split_arrays(args.windows, "val")
-    print(f"chosen on train: level {level}, phi {phi}; validation ({len(val[0])} windows): "
-          f"std reduction {std_reduction(*val, level, phi):.3f}")
+    train, val = (split_arrays(args.windows, s, args.calendar) for s in ("train", "val"))
+    variants: dict[str, np.ndarray | None] = {"persistence": None}
+    if args.calendar:
+        variants["persistence x calendar"] = m = calendar_multipliers(train)
+        print("calendar multipliers (training windows): "
+              + ", ".join(f"{k.name.lower()} {v:.3f} ({(train.sessions == k).sum()} bars)" for k, v in zip(Session, m)))
+    for name, mult in variants.items():
+        scores = {(lv, phi): std_reduction(train, lv, phi, mult) for lv, phi in itertools.product(LEVELS, PHIS)
+                  if lv <= train.lookback}
+        for (lv, phi), score in scores.items():
+            print(f"{name}, train: level {lv:3d}, phi {phi}: std reduction {score:.3f}")
+        level, phi = max(scores, key=scores.get)
+        print(f"{name}: chosen on train: level {level}, phi {phi}; validation ({len(val.volumes)} windows): "
+              f"std reduction {std_reduction(val, level, phi, mult):.3f}")
 
 
 if __name__ == "__main__":
