@@ -66,18 +66,22 @@ def main() -> None:
     ap.add_argument("--match-risk", choices=["softplus", "squared"], default="softplus",
                     help="the aligned objective's match-benchmark term (TrainConfig.match_risk)")
     ap.add_argument("--seed", type=int, default=0, help="the model's initial draw and the training's (TrainConfig.seed)")
+    ap.add_argument("--match-forecast", action="store_true",
+                    help="the Match head starts as the volume forecast times the minimum-variance curve "
+                         "(LEMConfig.match_forecast)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train_set, val = WindowDataset(args.windows, "train"), WindowDataset(args.windows, "val")
     seed_everything(args.seed)
-    allocator = dataclasses.replace(FITTED_RULE_GATE, rule_prior=args.prior, rule_signal_scale=args.scale)
+    allocator = dataclasses.replace(FITTED_RULE_GATE, rule_prior=args.prior, rule_signal_scale=args.scale,
+                                    match_forecast=args.match_forecast)
     model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, SMALL_SIZE, allocator))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
                       samples_per_epoch=args.samples, seed=args.seed, device="cpu", progress=False, sides=args.sides,
                       match_risk=args.match_risk)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
-          f"seed {args.seed}, {args.epochs} epochs of {args.samples} windows")
+          f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:
         result = train(model, train_set, val, cfg, state, resume=False,

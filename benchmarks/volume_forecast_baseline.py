@@ -47,7 +47,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from lem_model.baselines import schedule_slippage_bps
+from lem_model import baselines
+from lem_model.baselines import schedule_slippage_bps, volume_forecasts
 from lem_model.saved_model import load_model
 from lem_model.vocabulary import OrderKind, Target
 from lem_model.window_dataset import WindowDataset
@@ -132,30 +133,25 @@ def calendar_multipliers(train: Split) -> np.ndarray:
 
 def forecast_schedule(volume_history: np.ndarray, lookback: int, n_ahead: int, level: int, phi: float,
                       scale: np.ndarray | None = None) -> np.ndarray:
-    """(B, N) allocations from (B, L+N) volumes (the window's rows r-L .. r+N-1): step s reads
-    rows before r+s only. ``scale`` (B, N): each execution bar's forecast multiplier, known in
-    advance (the calendar's)."""
+    """(B, N) allocations from (B, L+N) volumes (the window's rows r-L .. r+N-1): step s trades
+    bar s's share of what is left under lem_model.baselines.volume_forecasts (rows before r+s
+    only) times ``scale`` (B, N), each execution bar's multiplier known in advance (a curve, the
+    calendar's)."""
     B = volume_history.shape[0]
     scale = np.ones((B, n_ahead)) if scale is None else scale
+    forecasts = volume_forecasts(torch.as_tensor(volume_history), lookback, n_ahead, level, phi).numpy()
     alloc, done = np.zeros((B, n_ahead)), np.zeros(B)
     for s in range(n_ahead - 1):
-        known = lookback + s  # rows 0 .. known-1 are before bar r+s
-        mean = volume_history[:, known - level:known].mean(1, keepdims=True)
-        last = volume_history[:, known - 1:known]
-        h = np.arange(1, n_ahead - s + 1)[None, :]  # bars r+s .. r+N-1 are 1 .. N-s ahead of the last known
-        forecast = np.maximum(mean + phi**h * (last - mean), 1e-9) * scale[:, s:]
-        alloc[:, s] = (1 - done) * forecast[:, 0] / forecast.sum(1)
+        weight = forecasts[:, s, s:] * scale[:, s:]
+        alloc[:, s] = (1 - done) * weight[:, 0] / weight.sum(1)
         done += alloc[:, s]
     alloc[:, -1] = 1 - done
     return alloc
 
 
 def min_variance_curve(train: Split) -> np.ndarray:
-    """(N,) the static schedule with the least variance of its slippage to VWAP across the
-    training windows: a . y with y the bar prices over the window's VWAP (slippage / 1e4 + 1)."""
-    y = train.prices / ((train.volumes * train.prices).sum(1, keepdims=True) / train.volumes.sum(1, keepdims=True))
-    w = np.linalg.solve(np.cov(y, rowvar=False), np.ones(train.n_ahead))
-    return w / w.sum()
+    """(N,) lem_model.baselines.min_variance_curve of the training windows."""
+    return baselines.min_variance_curve(torch.as_tensor(train.volumes), torch.as_tensor(train.prices)).double().numpy()
 
 
 def std_reduction_of(data: Split, alloc: np.ndarray) -> float:

@@ -36,6 +36,17 @@ def allocate_step(
     return torch.minimum(torch.clamp(a, min=0.0), remaining)
 
 
+def share_step(share: torch.Tensor, done: torch.Tensor, min_rate: torch.Tensor, max_rate: torch.Tensor,
+               steps_left: int) -> torch.Tensor:
+    """One step's allocation that trades ``share`` of what is left, clipped hard (no soft clip,
+    so a schedule stated as shares of the remainder is traded as stated): to the rates, plus
+    the catch-up of :func:`allocate_step`, and to what is left."""
+    remaining = 1.0 - done
+    a = torch.minimum(torch.clamp(share * remaining, min=0.0).clamp(min=min_rate), max_rate)
+    catch_up = torch.clamp(remaining / steps_left - max_rate, min=0.0)
+    return torch.minimum(a + catch_up, remaining)
+
+
 def finish_gate(a: torch.Tensor, logit: torch.Tensor, done: torch.Tensor, max_rate: torch.Tensor) -> torch.Tensor:
     """Finish now or not: U, the whole remainder as far as the maximum rate allows (never less
     than ``a``, which may exceed the rate to catch up), where ``logit`` > 0, else the step's base

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 
@@ -41,6 +41,14 @@ class LEMConfig:
         (lem_model.baselines.fit_stop_thresholds; lem_model.train sets it before the first
         epoch, :meth:`LargeExecutionModel.set_stop_thresholds`), kept in the state dict as
         ``stop_thresholds`` so an evaluation can score that fitted rule beside the model.
+      - ``match_forecast=False``: the Match head proposes like the others; ``True`` makes its
+        VWAP orders' proposal at step s the share of the remainder that a causal volume forecast
+        times a static curve gives bar s, c_s F_s / sum_{t>=s} c_t F_t (lem_model.baselines:
+        volume_forecasts with ``match_forecast_level`` and ``match_forecast_phi``, chosen on the
+        training windows by benchmarks/volume_forecast_baseline.py), times the network's factor.
+        The curve (``match_curve``) starts as the training windows' minimum-variance curve
+        (lem_model.train sets it before the first epoch). Trained without it, the head learned
+        that curve alone and ignored its inputs (docs/DESIGN.md).
     """
 
     n_features: int = 7
@@ -64,6 +72,9 @@ class LEMConfig:
     rule_signal_init: float = 1.0
     rule_signal_scale: float = 1.0
     rule_prior: Literal["rule", "fitted"] = "rule"
+    match_forecast: bool = False
+    match_forecast_level: int = 60
+    match_forecast_phi: float = 0.5
 
     def __post_init__(self) -> None:
         if self.rule_signal and not self.finish_gate:
@@ -80,6 +91,11 @@ class LEMConfig:
             raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
         if self.lookback < 1:
             raise ValueError(f"lookback must be >= 1, got {self.lookback}")
+        if self.match_forecast and not 1 <= self.match_forecast_level <= self.lookback:
+            raise ValueError(f"match_forecast_level must be in 1..lookback ({self.lookback}), "
+                             f"got {self.match_forecast_level}")
+        if self.match_forecast and not 0 <= self.match_forecast_phi <= 1:
+            raise ValueError(f"match_forecast_phi must be in [0, 1], got {self.match_forecast_phi}")
 
     @property
     def seq_len(self) -> int:
@@ -134,12 +150,15 @@ class AllocatorSwitches:
     rule_signal: bool = False
     rule_prior: Literal["rule", "fitted"] = "rule"
     rule_signal_scale: float = 1.0
+    match_forecast: bool = False
 
 
 # Issue 11's head: the finish gate, heads drawn independently, started as the early-stop rule with
 # thresholds fitted on the training windows; 16 bps of the rule's signal per unit of gate logit.
 FITTED_RULE_GATE = AllocatorSwitches(fused_init="independent", finish_gate=True, rule_signal=True,
                                      rule_prior="fitted", rule_signal_scale=16.0)
+# And the Match head started as the causal volume forecast times the minimum-variance curve.
+FORECAST_MATCH_GATE = replace(FITTED_RULE_GATE, match_forecast=True)
 
 PAPER_SIZE = ModelSize()  # the paper's section 3.4
 SMALL_SIZE = ModelSize(hidden_size=32, num_embedding=8, num_heads=4, fused_hidden=32)  # the reference's test size

@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lem_model.allocation import allocate_step, finish_gate
+from lem_model.allocation import allocate_step, finish_gate, share_step
+from lem_model.baselines import volume_forecasts
 from lem_model.config import LEMConfig
 from lem_model.layers import GRN, CausalSelfAttention, FeatureEmbedding, FusedMLP, GateAddNorm, VariableSelection
 from lem_model.tkan import TKAN, RecurrenceLoops
-from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS, OrderKind, Side
+from lem_model.vocabulary import EPS, KIND_BENCHMARKS, N_KINDS, N_TARGETS, Benchmark, OrderKind, Side
 
 
 class LargeExecutionModel(nn.Module):
@@ -61,6 +62,12 @@ class LargeExecutionModel(nn.Module):
             # (J, side) in bps, set by set_stop_thresholds; saved, so an evaluation can score the
             # fitted rule the gate started as.
             self.register_buffer("stop_thresholds", torch.zeros(J, len(Side)))
+        if cfg.match_forecast:
+            # The Match head's static curve over the N bars (LEMConfig.match_forecast), set to the
+            # training windows' minimum-variance curve by set_match_curve before training.
+            self.match_curve = nn.Parameter(torch.full((N,), 1.0 / N))
+            vwap = torch.tensor([OrderKind(k).benchmark == Benchmark.VWAP for k in range(N_KINDS)])
+            self.register_buffer("vwap_kinds", vwap, persistent=False)
 
     # -- context -------------------------------------------------------------------------------
     # The last two columns of S, the rate limits, are the same in every row of a window.
@@ -130,6 +137,8 @@ class LargeExecutionModel(nn.Module):
         base_curves = torch.stack([self.base_volume_curve, self.base_notional_curve], dim=2)
         base = base_curves[..., self.kind_benchmarks].unbind(0)  # N x (J, 2, 4)
         context_rows = context_rows.unbind(1)  # N-1 x (B, H+D)
+        if cfg.match_forecast:
+            shares = self.match_shares(volume).unbind(1)  # N-1 x (B,)
         paths = 2 * N_KINDS
         done = x.new_zeros(B, J, N_TARGETS, N_KINDS)
         traded = x.new_zeros(B, J, N_TARGETS, N_KINDS)
@@ -148,6 +157,10 @@ class LargeExecutionModel(nn.Module):
             out = self.allocators[s](torch.cat(parts, dim=-1)).to(x.dtype)  # (B, J, 8 [+ 8 gate logits])
             g = ((1 + out[..., :paths]) ** gamma).view(B, J, N_TARGETS, N_KINDS)
             a = allocate_step(g * base[s], done, r_min, r_max, N - s, cfg.soft_clip_scale)
+            if cfg.match_forecast:  # the Match head's VWAP orders: the forecast's share of what is left
+                share = share_step(g[:, N] * shares[s].view(B, 1, 1), done[:, N], r_min[:, 0], r_max[:, 0], N - s)
+                match = torch.where(self.vwap_kinds, share, a[:, N])
+                a = torch.cat([a[:, :N], match.unsqueeze(1)], dim=1)
             if cfg.finish_gate:
                 logit = out[..., paths:].view(B, J, N_TARGETS, N_KINDS)
                 if cfg.rule_signal and s:
@@ -161,6 +174,27 @@ class LargeExecutionModel(nn.Module):
                 history.append(torch.cat([a, self.price_curves(done, traded)], dim=2))
         steps.append(1 - done)  # the last step takes the remainder
         return torch.stack(steps, dim=1).transpose(-1, -2).contiguous()  # (B, N, J, 4, 2)
+
+    def match_shares(self, volume: torch.Tensor) -> torch.Tensor:
+        """(B, N-1): per step s, the share of what is left that bar s gets from the causal volume
+        forecast times the Match curve, c_s F_s / sum_{t>=s} c_t F_t (``volume``: x's column)."""
+        cfg = self.cfg
+        N = cfg.n_ahead
+        forecast = volume_forecasts(volume, cfg.lookback, N, cfg.match_forecast_level, cfg.match_forecast_phi)
+        weight = forecast * self.match_curve.to(forecast.dtype)  # (B, N-1, N)
+        step = torch.arange(N - 1, device=volume.device)
+        ahead = torch.arange(N, device=volume.device).view(1, -1) >= step.view(-1, 1)  # (N-1, N): bars s..N-1
+        return weight[:, step, step] / ((weight * ahead).sum(-1) + EPS)
+
+    @torch.no_grad()
+    def set_match_curve(self, curve: torch.Tensor) -> None:
+        """Start the Match head's curve (LEMConfig.match_forecast) as ``curve`` (N,), e.g. the
+        training windows' minimum-variance curve (lem_model.baselines.min_variance_curve)."""
+        if not self.cfg.match_forecast:
+            raise ValueError("set_match_curve needs LEMConfig(match_forecast=True)")
+        if curve.shape != self.match_curve.shape or bool((curve < 0).any()):
+            raise ValueError(f"the Match curve must be ({self.cfg.n_ahead},) and >= 0, got {tuple(curve.shape)}")
+        self.match_curve.copy_(curve / curve.sum())
 
     @staticmethod
     def rule_signal_bps(last_price: torch.Tensor, done: torch.Tensor, traded: torch.Tensor) -> torch.Tensor:
@@ -219,6 +253,9 @@ class LargeExecutionModel(nn.Module):
         for curve in (self.base_volume_curve, self.base_notional_curve):
             curve.clamp_(min=0.0)
             curve.div_(curve.sum(dim=axis, keepdim=True) + EPS)
+        if self.cfg.match_forecast:
+            self.match_curve.clamp_(min=0.0)
+            self.match_curve.div_(self.match_curve.sum() + EPS)
 
     def compile(self, **kwargs: Any) -> LargeExecutionModel:
         """``torch.compile`` this model's forward in place (``nn.Module.compile``: the state dict

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
-from lem_model.baselines import fit_stop_thresholds
+from lem_model.baselines import fit_stop_thresholds, min_variance_curve
 from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory, resolve_device
 from lem_model.loss import aligned_loss, lem_loss
@@ -311,9 +311,9 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
     return {"val_loss": values[0], **{f"val_{k}": v for k, v in zip(METRIC_NAMES, values[1:])}}
 
 
-def fit_rule_prior(model: LargeExecutionModel, train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
-    """The early-stop thresholds (J, 2) the finish gate starts from, fitted on a seeded draw of
-    ``cfg.rule_fit_windows`` training windows (the same on every rank)."""
+def _fit_windows(train_set: Dataset, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The volumes and prices of a seeded draw of ``cfg.rule_fit_windows`` training windows
+    (the same on every rank): what the priors are fitted on."""
     n = len(train_set)
     k = min(cfg.rule_fit_windows, n)
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:k].sort().values.tolist()
@@ -321,7 +321,18 @@ def fit_rule_prior(model: LargeExecutionModel, train_set: Dataset, cfg: TrainCon
     for _, vol, px in DataLoader(Subset(train_set, rows), batch_size=4096):
         volumes.append(vol)
         prices.append(px)
-    return fit_stop_thresholds(torch.cat(volumes), torch.cat(prices), model.cfg.n_models)
+    return torch.cat(volumes), torch.cat(prices)
+
+
+def fit_rule_prior(model: LargeExecutionModel, train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
+    """The early-stop thresholds (J, 2) the finish gate starts from, fitted on the draw."""
+    return fit_stop_thresholds(*_fit_windows(train_set, cfg), model.cfg.n_models)
+
+
+def fit_match_curve(train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
+    """The minimum-variance curve (N,) the Match head starts from (LEMConfig.match_forecast),
+    fitted on the draw."""
+    return min_variance_curve(*_fit_windows(train_set, cfg))
 
 
 def train(
@@ -353,6 +364,8 @@ def train(
     seed_everything(cfg.seed)
     if model.cfg.rule_prior == "fitted" and not (resume and state_path.exists()):
         model.set_stop_thresholds(fit_rule_prior(model, train_set, cfg))
+    if model.cfg.match_forecast and not (resume and state_path.exists()):
+        model.set_match_curve(fit_match_curve(train_set, cfg))
     model.to(device)
     if cfg.compile:
         model.compile()

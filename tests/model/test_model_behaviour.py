@@ -44,12 +44,14 @@ def inputs(cfg: LEMConfig, batch: int, seed: int) -> torch.Tensor:
     return x
 
 
-# The allocators: the reference's, the finish gate, the gate fed the early-stop rule's signal, and
-# that gate started as the rule with fitted thresholds.
+# The allocators: the reference's, the finish gate, the gate fed the early-stop rule's signal,
+# that gate started as the rule with fitted thresholds, and with it the Match head's forecast.
 ALLOCATORS = {"reference-allocator": {}, "finish-gate": {"finish_gate": True},
               "rule-signal": {"finish_gate": True, "rule_signal": True},
               "fitted-rule-prior": {"finish_gate": True, "rule_signal": True, "rule_prior": "fitted",
-                                    "rule_signal_scale": 16.0}}
+                                    "rule_signal_scale": 16.0},
+              "match-forecast": {"finish_gate": True, "rule_signal": True, "rule_prior": "fitted",
+                                 "rule_signal_scale": 16.0, "match_forecast": True, "match_forecast_level": 4}}
 GATES = pytest.mark.parametrize("gate", list(ALLOCATORS.values()), ids=list(ALLOCATORS))
 
 
