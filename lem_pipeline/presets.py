@@ -123,7 +123,7 @@ PRESETS: dict[str, Preset] = {
             # (benchmarks/volume_forecast_baseline.py --model); started as the causal volume
             # forecast times the training windows' minimum-variance curve (FORECAST_MATCH_GATE),
             # validation Match VWAP std reduction 0.238 (seed 0), every cell of minimum periods
-            # 1-10 still ahead of the rule (+1.4 bps or more).
+            # 1-10 still ahead of the rule (+1.36 bps or more).
             training=TrainConfig(epochs=6, batch_size=128, lr=3e-5, objective="aligned", samples_per_epoch=32_768,
                                  sides="separate", match_risk="squared"),
             allocator=FORECAST_MATCH_GATE,
