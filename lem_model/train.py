@@ -329,12 +329,6 @@ def fit_rule_prior(model: LargeExecutionModel, train_set: Dataset, cfg: TrainCon
     return fit_stop_thresholds(*_fit_windows(train_set, cfg), model.cfg.n_models)
 
 
-def fit_match_curve(train_set: Dataset, cfg: TrainConfig) -> torch.Tensor:
-    """The minimum-variance curve (N,) the Match head starts from (LEMConfig.match_forecast),
-    fitted on the draw."""
-    return min_variance_curve(*_fit_windows(train_set, cfg))
-
-
 def train(
     model: LargeExecutionModel,
     train_set: Dataset,
@@ -362,10 +356,14 @@ def train(
     if dist_info.main:
         state_path.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    if model.cfg.rule_prior == "fitted" and not (resume and state_path.exists()):
-        model.set_stop_thresholds(fit_rule_prior(model, train_set, cfg))
-    if model.cfg.match_forecast and not (resume and state_path.exists()):
-        model.set_match_curve(fit_match_curve(train_set, cfg))
+    fitted = model.cfg.rule_prior == "fitted"
+    if (fitted or model.cfg.match_forecast) and not (resume and state_path.exists()):
+        # The priors, from one draw of training windows: the rule's thresholds, the Match curve.
+        volumes, prices = _fit_windows(train_set, cfg)
+        if fitted:
+            model.set_stop_thresholds(fit_stop_thresholds(volumes, prices, model.cfg.n_models))
+        if model.cfg.match_forecast:
+            model.set_match_curve(min_variance_curve(volumes, prices))
     model.to(device)
     if cfg.compile:
         model.compile()
