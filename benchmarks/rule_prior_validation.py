@@ -8,6 +8,7 @@ trained model's mean advantage in bps over the one-line rule and over the fitted
 the LEM is better), and the Match VWAP std reduction against TWAP in volume, all on validation.
 
     python benchmarks/rule_prior_validation.py WINDOWS_DIR [--prior fitted] [--lr 3e-5] [--scale 16] [--epochs 6]
+        [--selection vs_rule] [--patience 2] [--report-each-epoch]
 
 WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow30_cpu`` builds
 (``$LEM_DATA_DIR/windows/equity``). One run takes about 12 minutes on 2 cores (6 epochs).
@@ -26,12 +27,11 @@ import torch
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.baselines import early_stop_rule
 from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
-from lem_model.evaluate import SIDES, evaluate, match_vwap_std_reduction
+from lem_model.evaluate import evaluate, match_vwap_std_reduction
 from lem_model.metrics import slippage_bps
-from lem_model.paired import advantage
 from lem_model.train import TrainConfig, fit_rule_prior, seed_everything, train
-from lem_model.vocabulary import OrderKind, Target
 from lem_model.window_dataset import WindowDataset
+from seed_ensemble_validation import print_advantages
 
 
 def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Tensor) -> None:
@@ -44,13 +44,9 @@ def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Ten
         vol, px = torch.as_tensor(vol).double(), torch.as_tensor(px).double()
         fitted = slippage_bps(early_stop_rule(px, N + 1, thresholds_bps=thresholds), vol, px).float().numpy()
     print(f"validation, {len(val)} windows: Match VWAP std reduction {match_vwap_std_reduction(ev):.3f}")
-    print(f"{'':18}" + " ".join(f"{m + 1:>6}" for m in range(N)))
-    for name, kind, _ in SIDES:
-        side = OrderKind(kind).side
-        for label, base in (("rule", ev.rule_bps), ("fitted rule", fitted)):
-            adv = [advantage(ev.model_bps[:, m, kind, Target.VOLUME], base[:, m, kind, Target.VOLUME], side).mean()
-                   for m in range(N)]
-            print(f"{name:4} vs {label:11} " + " ".join(f"{a:6.2f}" for a in adv))
+    print(f"{'':22}" + " ".join(f"{m + 1:>6}" for m in range(N)))
+    print_advantages(ev, ev.rule_bps, "rule")
+    print_advantages(ev, fitted, "fitted rule")
 
 
 def main() -> None:
@@ -69,6 +65,12 @@ def main() -> None:
     ap.add_argument("--match-forecast", action="store_true",
                     help="the Match head starts as the volume forecast times the minimum-variance curve "
                          "(LEMConfig.match_forecast)")
+    ap.add_argument("--selection", choices=["objective", "vs_rule"], default="objective",
+                    help="what early stopping and the LR plateau watch (TrainConfig.selection)")
+    ap.add_argument("--patience", type=int, default=TrainConfig.early_stop_patience,
+                    help="early stopping's patience in epochs (TrainConfig.early_stop_patience)")
+    ap.add_argument("--report-each-epoch", action="store_true",
+                    help="print the per-cell report after every epoch too (that epoch's weights)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,14 +81,20 @@ def main() -> None:
     model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, SMALL_SIZE, allocator))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
                       samples_per_epoch=args.samples, seed=args.seed, device="cpu", progress=False, sides=args.sides,
-                      match_risk=args.match_risk)
+                      match_risk=args.match_risk, early_stop_patience=args.patience,
+                      selection=args.selection)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
+          f"selection {args.selection}, "
           f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:
-        result = train(model, train_set, val, cfg, state, resume=False,
-                       on_epoch_end=lambda e, m: print(f"epoch {e + 1}: train {m['loss']:.5f}, "
-                                                       f"validation {m['val_loss']:.5f}", flush=True))
+        def on_epoch_end(epoch: int, metrics: dict) -> None:
+            print(f"epoch {epoch + 1}: train {metrics['loss']:.5f}, validation {metrics['val_loss']:.5f}, "
+                  f"vs rule {metrics['val_vs_rule_bps']:+.3f} bps, lr {metrics['lr']:.2g}", flush=True)
+            if args.report_each_epoch:
+                report(model, val, model.stop_thresholds if args.prior == "fitted" else None)
+
+        result = train(model, train_set, val, cfg, state, resume=False, on_epoch_end=on_epoch_end)
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {result.best_epoch + 1}, "
           f"validation objective {result.best_val_loss:.5f}")
     # The "rule" prior keeps no thresholds: fit them on the same training draw for the comparison.

@@ -72,14 +72,19 @@ def train_seed(windows: Path, seed: int, preset_name: str, out: Path) -> Path:
     return save_model(model, d)
 
 
-def report(name: str, ev: EvalArrays) -> None:
-    N = ev.n_ahead
-    print(f"{name}: Match VWAP std reduction {match_vwap_std_reduction(ev):.4f}")
+def print_advantages(ev: EvalArrays, baseline_bps: np.ndarray, label: str) -> None:
+    """Per side, one line: the mean advantage in bps over ``baseline_bps`` (positive: the LEM is
+    better) at each minimum period, VWAP orders in volume (the vs_rule table's cells)."""
     for side_name, kind, _ in SIDES:
         side = OrderKind(kind).side
-        adv = [advantage(ev.model_bps[:, m, kind, Target.VOLUME], ev.rule_bps[:, m, kind, Target.VOLUME], side).mean()
-               for m in range(N)]
-        print(f"  {side_name:4} vs rule " + " ".join(f"{a:6.2f}" for a in adv))
+        adv = [advantage(ev.model_bps[:, m, kind, Target.VOLUME], baseline_bps[:, m, kind, Target.VOLUME], side).mean()
+               for m in range(ev.n_ahead)]
+        print(f"  {side_name:4} vs {label:11} " + " ".join(f"{a:6.2f}" for a in adv))
+
+
+def report(name: str, ev: EvalArrays) -> None:
+    print(f"{name}: Match VWAP std reduction {match_vwap_std_reduction(ev):.4f}")
+    print_advantages(ev, ev.rule_bps, "rule")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Training as the paper's section 3.4: Adam, batch 256, shuffled, early stopping on the
 validation loss (patience 2, best weights restored), LR reduced on plateau (patience 1),
-trading rates in [1/N^2, 1].
+trading rates in [1/N^2, 1]. Both may watch the table metric instead (TrainConfig.selection).
 
 Data-parallel under ``torchrun`` (DDP with a DistributedSampler; rank 0 logs and saves). Every
 epoch ends by saving the training state (lem_model.training_state), so a run resumes exactly.
@@ -26,13 +26,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
-from lem_model.baselines import fit_stop_thresholds, min_variance_curve
+from lem_model.baselines import early_stop_rule, fit_stop_thresholds, min_variance_curve
 from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory, resolve_device
 from lem_model.loss import aligned_loss, lem_loss
-from lem_model.metrics import METRIC_NAMES, execution_metrics
+from lem_model.metrics import METRIC_NAMES, execution_metrics, slippage_bps
 from lem_model.model import LargeExecutionModel
 from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
+from lem_model.vocabulary import OrderKind, Target
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class TrainConfig:
     # "reference": lem_loss, as the paper; "aligned": aligned_loss, scored as the tables score
     # (docs/DESIGN.md). Training, early stopping and the LR plateau all watch this objective.
     objective: Literal["reference", "aligned"] = "reference"
+    # What early stopping and the LR plateau watch on the validation split: "objective", the
+    # training objective, or "vs_rule", the table metric: the mean advantage in bps over the
+    # one-line causal rule, both sides and every minimum period, VWAP orders in volume (the
+    # summary's vs_rule cells; higher is better). Every epoch's history has both.
+    selection: Literal["objective", "vs_rule"] = "objective"
     completion_tau: float = 0.05  # the aligned objective's straight-through surrogate, C / (C + tau)
     # The aligned objective's buy and sell terms: "paired", softplus(buy - sell) as the reference,
     # or "separate", each side against its own benchmark as the tables (lem_model.loss.aligned_loss).
@@ -78,6 +84,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
+        if self.selection not in ("objective", "vs_rule"):
+            raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
         for name, reference in (("sides", "paired"), ("match_risk", "softplus")):  # the aligned objective's
             if getattr(self, name) != reference and self.objective != "aligned":
                 raise ValueError(f"{name}={getattr(self, name)!r} is the aligned objective's; "
@@ -117,7 +125,8 @@ class TrainResult:
 
 class EarlyStopping:
     """Keras EarlyStopping(patience, restore_best_weights=True): stop after ``patience`` epochs
-    without a strictly lower validation loss, and hand back the best epoch's weights."""
+    without a strictly lower watched value (the validation loss, or TrainConfig.selection's),
+    and hand back the best epoch's weights."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
@@ -287,11 +296,11 @@ def train_epoch(net: torch.nn.Module, loader: DataLoader, step: Callable[..., to
 
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
                   dist_info: _Dist) -> dict[str, float]:
-    """Validation loss (the training objective) and the reference metrics, batch means weighted
-    by batch size (as Keras)."""
+    """Validation loss (the training objective), the advantage over the rule (val_vs_rule_bps,
+    :func:`vs_rule_bps`) and the reference metrics, batch means weighted by batch size (as Keras)."""
     model.eval()
     n_ahead = unwrap(model).cfg.n_ahead
-    totals = torch.zeros(1 + len(METRIC_NAMES), dtype=torch.float64)
+    totals = torch.zeros(2 + len(METRIC_NAMES), dtype=torch.float64)
     count = torch.zeros(1, dtype=torch.float64)
     with torch.no_grad():
         for x, vol, px in loader:
@@ -302,13 +311,28 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
             alloc = alloc.float()
             loss = objective(alloc, vol, px, cfg).item()
             m = execution_metrics(alloc.double(), vol.double(), px.double())
-            totals += len(x) * torch.tensor([loss, *[m[k] for k in METRIC_NAMES]], dtype=torch.float64)
+            totals += len(x) * torch.tensor([loss, vs_rule_bps(alloc, vol, px), *[m[k] for k in METRIC_NAMES]],
+                                            dtype=torch.float64)
             count += len(x)
     if dist_info.world > 1:
         dist.all_reduce(totals)
         dist.all_reduce(count)
     values = (totals / count.clamp(min=1)).tolist()
-    return {"val_loss": values[0], **{f"val_{k}": v for k, v in zip(METRIC_NAMES, values[1:])}}
+    return {"val_loss": values[0], "val_vs_rule_bps": values[1],
+            **{f"val_{k}": v for k, v in zip(METRIC_NAMES, values[2:])}}
+
+
+def vs_rule_bps(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor) -> float:
+    """The batch's mean advantage in bps over the one-line causal rule (positive: the model is
+    better; lem_model.paired.advantage's sign), over both sides and the N minimum-duration
+    heads, VWAP orders in volume: the cells of the evaluation's vs_rule table, averaged."""
+    N = volumes.shape[1]
+    volumes, prices = volumes.double(), prices.double()
+    model = slippage_bps(alloc.double(), volumes, prices)[:, :N, :, Target.VOLUME]  # (B, N, 4)
+    rule = slippage_bps(early_stop_rule(prices, N + 1), volumes, prices)[:, :N, :, Target.VOLUME]
+    buy = rule[..., OrderKind.BUY_VWAP] - model[..., OrderKind.BUY_VWAP]
+    sell = model[..., OrderKind.SELL_VWAP] - rule[..., OrderKind.SELL_VWAP]
+    return float((buy + sell).mean() / 2)
 
 
 def _fit_windows(train_set: Dataset, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,8 +431,9 @@ def train(
                            epoch, device, dist_info, state_path, graphed)
         metrics = {"loss": loss, **evaluate_loss(net, val_loader, cfg, device, dist_info),
                    "lr": float(optimizer.param_groups[0]["lr"])}
-        scheduler.step(metrics["val_loss"])
-        stopper.update(epoch, metrics["val_loss"], model)
+        watched = metrics["val_loss"] if cfg.selection == "objective" else -metrics["val_vs_rule_bps"]
+        scheduler.step(watched)
+        stopper.update(epoch, watched, model)
         result.history.append({"epoch": epoch, **metrics})
         if dist_info.main:
             save_training_state(state_path, {
@@ -428,5 +453,7 @@ def train(
 
 
 def _finish(result: TrainResult, stopper: EarlyStopping) -> TrainResult:
-    result.best_epoch, result.best_val_loss = stopper.best_epoch, stopper.best_val_loss
+    result.best_epoch = stopper.best_epoch
+    # The validation objective of the epoch kept, whatever selection chose it.
+    result.best_val_loss = next((h["val_loss"] for h in result.history if h["epoch"] == stopper.best_epoch), math.inf)
     return result

@@ -40,7 +40,7 @@ def train_dataset(context: AssetExecutionContext, dataset: str, preset: Preset, 
                                    asset_key=context.asset_key.to_user_string(), log=context.log.info)
     trained = seeded.model
     result = trained.result
-    history = pl.DataFrame([{k: v for k, v in h.items() if k in ("epoch", "loss", "val_loss", "lr")}
+    history = pl.DataFrame([{k: v for k, v in h.items() if k in ("epoch", "loss", "val_loss", "val_vs_rule_bps", "lr")}
                             for h in result.history])
     seeds = {} if seeded.parent_run_id is None else {
         "seed_runs": dg.MetadataValue.json(seeded.seed_runs()),

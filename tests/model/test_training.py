@@ -126,3 +126,41 @@ def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, 
     saved = load_training_state(tmp_path / "state" / TRAINING_STATE)
     best = saved["early_stopping"]["best_state"]
     assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())  # the best weights restored
+
+
+def test_the_watched_advantage_over_the_rule_is_the_evaluations_vs_rule_cells_averaged(small_equity_windows):
+    """val_vs_rule_bps, what selection="vs_rule" watches, is the mean of the cells the evaluation
+    reports (lem_model.evaluate, paired.advantage) over both sides and every minimum period."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from lem_model.evaluate import SIDES, evaluate
+    from lem_model.paired import advantage
+    from lem_model.train import _Dist, evaluate_loss
+    from lem_model.vocabulary import OrderKind, Target
+
+    model = make_model(small_equity_windows)
+    _, val = sets(small_equity_windows)
+    N = model.cfg.n_ahead
+    watched = evaluate_loss(model, DataLoader(val, batch_size=64), CFG, torch.device("cpu"), _Dist())["val_vs_rule_bps"]
+    ev = evaluate(model, val, min_rate=1 / N**2, batch_size=64)
+    cells = [advantage(ev.model_bps[:, m, kind, Target.VOLUME], ev.rule_bps[:, m, kind, Target.VOLUME],
+                       OrderKind(kind).side).mean() for _, kind, _ in SIDES for m in range(N)]
+    assert watched == pytest.approx(float(np.mean(cells)), abs=1e-3)
+    assert abs(watched) > 0.1  # an untrained model is not the rule: the comparison has something to measure
+
+
+def test_selection_on_the_advantage_over_the_rule_keeps_its_best_epoch(small_equity_windows, tmp_path):
+    """selection="vs_rule": the epoch kept is the one with the highest validation advantage over
+    the rule, not the lowest validation objective (on these windows and seeds the two differ),
+    and best_val_loss is that epoch's objective."""
+    cfg = dataclasses.replace(CFG, epochs=4, objective="aligned", selection="vs_rule")
+    model = make_model(small_equity_windows)
+    result = train(model, *sets(small_equity_windows), cfg, tmp_path / "state")
+    vs_rule = [h["val_vs_rule_bps"] for h in result.history]
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == max(range(len(vs_rule)), key=vs_rule.__getitem__)
+    assert result.best_epoch != min(range(len(losses)), key=losses.__getitem__)
+    assert result.best_val_loss == losses[result.best_epoch]
+    with pytest.raises(ValueError, match="selection"):
+        TrainConfig(selection="val_loss")

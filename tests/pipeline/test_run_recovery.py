@@ -227,11 +227,12 @@ def test_finding_12_training_progress_shows_epoch_loss_and_eta(monkeypatch):
     monkeypatch.setattr(model_training.time, "monotonic", lambda: next(clock))
     lines: list[str] = []
     progress = model_training.EpochProgress(5, lines.append)
-    progress(0, {"loss": 0.71234, "val_loss": 0.70111, "lr": 1e-3})
-    progress(1, {"loss": 0.70001, "val_loss": 0.69999, "lr": 1e-3})
-    assert lines == ["epoch 1/5: loss 0.71234, val_loss 0.70111, lr 0.001; 30 s/epoch, at most 120 s left "
-                     "(early stopping may end it sooner)",
-                     "epoch 2/5: loss 0.70001, val_loss 0.69999, lr 0.001; 30 s/epoch, at most 90 s left "
+    progress(0, {"loss": 0.71234, "val_loss": 0.70111, "val_vs_rule_bps": -1.234, "lr": 1e-3})
+    progress(1, {"loss": 0.70001, "val_loss": 0.69999, "val_vs_rule_bps": 0.5, "lr": 1e-3})
+    assert lines == ["epoch 1/5: loss 0.71234, val_loss 0.70111, val vs rule -1.23 bps, lr 0.001; 30 s/epoch, "
+                     "at most 120 s left (early stopping may end it sooner)",
+                     "epoch 2/5: loss 0.70001, val_loss 0.69999, val vs rule +0.50 bps, lr 0.001; 30 s/epoch, "
+                     "at most 90 s left "
                      "(early stopping may end it sooner)"]
 
 
