@@ -72,6 +72,8 @@ def _paired(evaluation_dir: Path, label: str, summary_path: Path | None) -> list
     return parts
 
 
+# What early stopping watched, by TrainConfig.selection, for the preset line.
+WATCHED = {"objective": "validation loss", "vs_rule": "validation advantage over the causal rule"}
 MIN_TEST_WINDOWS = 200  # below this a frequency's table rests on too few independent periods
 
 
@@ -170,8 +172,8 @@ def generate(local, lake: DataLake, out: Path) -> None:
         "",
         f"Preset `{preset.name}`: {preset.description} Model: hidden {size.hidden_size}, embedding "
         f"{size.num_embedding}, {size.num_heads} heads, fused hidden {size.fused_hidden}; training: "
-        f"{training.epochs} epochs max, batch {training.batch_size}, lr {training.lr}, early stopping on validation "
-        "loss. Slippage in bps against the benchmark over the bars each order executed (VWAP, volume target, unless "
+        f"{training.epochs} epochs max, batch {training.batch_size}, lr {training.lr}, early stopping on the "
+        f"{WATCHED[training.selection]}. Slippage in bps against the benchmark over the bars each order executed (VWAP, volume target, unless "
         "said otherwise). Buys want negative numbers, sells positive.",
         "",
     ]
