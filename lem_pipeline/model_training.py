@@ -155,8 +155,8 @@ class EpochProgress:
         per_epoch = (time.monotonic() - self.started) / self.done
         left = per_epoch * (self.epochs - epoch - 1)
         self.log(f"epoch {epoch + 1}/{self.epochs}: loss {metrics['loss']:.5f}, val_loss {metrics['val_loss']:.5f}, "
-                 f"val vs rule {metrics['val_vs_rule_bps']:+.2f} bps, lr {metrics['lr']:.2g}; {per_epoch:.0f} s/epoch, at most {left:.0f} s left (early stopping may end "
-                 "it sooner)")
+                 f"val vs rule {metrics['val_vs_rule_bps']:+.2f} bps, lr {metrics['lr']:.2g}; {per_epoch:.0f} s/epoch, "
+                 f"at most {left:.0f} s left (early stopping may end it sooner)")
 
 
 @dataclass

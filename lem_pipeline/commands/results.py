@@ -173,8 +173,8 @@ def generate(local, lake: DataLake, out: Path) -> None:
         f"Preset `{preset.name}`: {preset.description} Model: hidden {size.hidden_size}, embedding "
         f"{size.num_embedding}, {size.num_heads} heads, fused hidden {size.fused_hidden}; training: "
         f"{training.epochs} epochs max, batch {training.batch_size}, lr {training.lr}, early stopping on the "
-        f"{WATCHED[training.selection]}. Slippage in bps against the benchmark over the bars each order executed (VWAP, volume target, unless "
-        "said otherwise). Buys want negative numbers, sells positive.",
+        f"{WATCHED[training.selection]}. Slippage in bps against the benchmark over the bars each order executed "
+        "(VWAP, volume target, unless said otherwise). Buys want negative numbers, sells positive.",
         "",
     ]
     equity = None
