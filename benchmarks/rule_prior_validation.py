@@ -8,7 +8,7 @@ trained model's mean advantage in bps over the one-line rule and over the fitted
 the LEM is better), and the Match VWAP std reduction against TWAP in volume, all on validation.
 
     python benchmarks/rule_prior_validation.py WINDOWS_DIR [--prior fitted] [--lr 3e-5] [--scale 16] [--epochs 6]
-        [--selection vs_rule] [--patience 2] [--report-each-epoch]
+        [--selection vs_rule] [--patience 2] [--average-decay 0.99] [--report-each-epoch]
 
 WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow30_cpu`` builds
 (``$LEM_DATA_DIR/windows/equity``). One run takes about 12 minutes on 2 cores (6 epochs).
@@ -17,9 +17,11 @@ WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow3
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
 from lem_model.evaluate import evaluate, match_vwap_std_reduction
 from lem_model.metrics import slippage_bps
 from lem_model.train import TrainConfig, fit_rule_prior, seed_everything, train
+from lem_model.training_state import TRAINING_STATE, load_training_state
 from lem_model.window_dataset import WindowDataset
 from seed_ensemble_validation import print_advantages
 
@@ -69,6 +72,9 @@ def main() -> None:
                     help="what early stopping and the LR plateau watch (TrainConfig.selection)")
     ap.add_argument("--patience", type=int, default=TrainConfig.early_stop_patience,
                     help="early stopping's patience in epochs (TrainConfig.early_stop_patience)")
+    ap.add_argument("--average-decay", type=float, default=None,
+                    help="validate and keep an exponential moving average of the weights with this decay per "
+                         "step (TrainConfig.average_decay)")
     ap.add_argument("--report-each-epoch", action="store_true",
                     help="print the per-cell report after every epoch too (that epoch's weights)")
     ap.add_argument("--threads", type=int, default=2)
@@ -82,9 +88,9 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
                       samples_per_epoch=args.samples, seed=args.seed, device="cpu", progress=False, sides=args.sides,
                       match_risk=args.match_risk, early_stop_patience=args.patience,
-                      selection=args.selection)
+                      selection=args.selection, average_decay=args.average_decay)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
-          f"selection {args.selection}, "
+          f"selection {args.selection}, average decay {args.average_decay}, "
           f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:
@@ -92,7 +98,13 @@ def main() -> None:
             print(f"epoch {epoch + 1}: train {metrics['loss']:.5f}, validation {metrics['val_loss']:.5f}, "
                   f"vs rule {metrics['val_vs_rule_bps']:+.3f} bps, lr {metrics['lr']:.2g}", flush=True)
             if args.report_each_epoch:
-                report(model, val, model.stop_thresholds if args.prior == "fitted" else None)
+                judged = model
+                if args.average_decay is not None:  # the weights validation scored: the average, saved just now
+                    judged = copy.deepcopy(model)
+                    saved = load_training_state(Path(state) / TRAINING_STATE)["averaged"]
+                    judged.load_state_dict({k.removeprefix("module."): v for k, v in saved.items()
+                                            if k.startswith("module.")})
+                report(judged, val, model.stop_thresholds if args.prior == "fitted" else None)
 
         result = train(model, train_set, val, cfg, state, resume=False, on_epoch_end=on_epoch_end)
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {result.best_epoch + 1}, "

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from tqdm import tqdm
 
@@ -57,6 +58,10 @@ class TrainConfig:
     # one-line causal rule, both sides and every minimum period, VWAP orders in volume (the
     # summary's vs_rule cells; higher is better). Every epoch's history has both.
     selection: Literal["objective", "vs_rule"] = "objective"
+    # An exponential moving average of the weights (torch.optim.swa_utils.AveragedModel), with
+    # this decay per step, updated after every step; validation, selection and the weights kept
+    # are then the average's, the raw weights train on. None: the raw weights (the reference).
+    average_decay: float | None = None
     completion_tau: float = 0.05  # the aligned objective's straight-through surrogate, C / (C + tau)
     # The aligned objective's buy and sell terms: "paired", softplus(buy - sell) as the reference,
     # or "separate", each side against its own benchmark as the tables (lem_model.loss.aligned_loss).
@@ -86,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
         if self.selection not in ("objective", "vs_rule"):
             raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
+        if self.average_decay is not None and not 0 < self.average_decay < 1:
+            raise ValueError(f"average_decay must lie strictly between 0 and 1, not {self.average_decay}")
         for name, reference in (("sides", "paired"), ("match_risk", "softplus")):  # the aligned objective's
             if getattr(self, name) != reference and self.objective != "aligned":
                 raise ValueError(f"{name}={getattr(self, name)!r} is the aligned objective's; "
@@ -253,14 +260,16 @@ def make_train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg:
 
 def train_epoch(net: torch.nn.Module, loader: DataLoader, step: Callable[..., torch.Tensor],
                 optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int, device: torch.device,
-                dist_info: _Dist, state_path: Path, graphed: GraphedTrainStep | None = None) -> float:
+                dist_info: _Dist, state_path: Path, graphed: GraphedTrainStep | None = None,
+                averaged: AveragedModel | None = None) -> float:
     """One pass over the training windows with ``step`` (make_train_step's); returns the mean
     loss over every rank's samples.
 
     A non-finite loss raises NonFiniteLossError (naming the first bad batch) at the next device
     read, before the epoch's training state is saved, so the last good state stays untouched.
     ``graphed`` (the same step captured) replays full batches as its CUDA graph; a short last
-    batch runs ``step`` eagerly."""
+    batch runs ``step`` eagerly. ``averaged`` (TrainConfig.average_decay's) takes in the weights
+    after every step."""
     net.train()
     sync_every = 1 if device.type == "cpu" else CUDA_SYNC_EVERY
     seen = 0
@@ -277,6 +286,8 @@ def train_epoch(net: torch.nn.Module, loader: DataLoader, step: Callable[..., to
             # With a graph, gradients are zeroed in place: the graph reads the tensors it captured.
             optimizer.zero_grad(set_to_none=graphed is None)
             loss = step(*batch)
+        if averaged is not None:
+            averaged.update_parameters(unwrap(net))
         new_bad = ~torch.isfinite(loss) & (first_bad < 0)
         first_bad = torch.where(new_bad, b, first_bad)
         bad_loss = torch.where(new_bad, loss.float(), bad_loss)
@@ -389,6 +400,10 @@ def train(
         if model.cfg.match_forecast:
             model.set_match_curve(min_variance_curve(volumes, prices))
     model.to(device)
+    # Copied before compiling (the average is only evaluated) and after the priors are fitted:
+    # it averages the parameters, and the buffers (the fitted thresholds) are the model's own.
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.average_decay))
+                if cfg.average_decay is not None else None)
     if cfg.compile:
         model.compile()
     graphs = cfg.cuda_graphs and device.type == "cuda"
@@ -408,6 +423,8 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         stopper.load_state_dict(saved["early_stopping"])
+        if averaged is not None:
+            averaged.load_state_dict(saved["averaged"])
         result.history = saved["history"]
         set_rng_state(saved["rng"])
         first_epoch = saved["epoch"] + 1
@@ -423,24 +440,26 @@ def train(
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, pin_memory=device.type == "cuda")
     step = make_train_step(net, optimizer, cfg, device)
     graphed = GraphedTrainStep(step, model, optimizer) if graphs else None
+    # What validation scores and early stopping keeps: the raw weights, or their average.
+    judged: torch.nn.Module = net if averaged is None else averaged.module
 
     for epoch in range(first_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - first_epoch >= stop_after_epochs:
             return _finish(result, stopper)  # as a crash would: the best weights are not restored
         loss = train_epoch(net, _train_loader(train_set, cfg, epoch, dist_info, device), step, optimizer, cfg,
-                           epoch, device, dist_info, state_path, graphed)
-        metrics = {"loss": loss, **evaluate_loss(net, val_loader, cfg, device, dist_info),
+                           epoch, device, dist_info, state_path, graphed, averaged)
+        metrics = {"loss": loss, **evaluate_loss(judged, val_loader, cfg, device, dist_info),
                    "lr": float(optimizer.param_groups[0]["lr"])}
         watched = metrics["val_loss"] if cfg.selection == "objective" else -metrics["val_vs_rule_bps"]
         scheduler.step(watched)
-        stopper.update(epoch, watched, model)
+        stopper.update(epoch, watched, unwrap(judged))
         result.history.append({"epoch": epoch, **metrics})
         if dist_info.main:
             save_training_state(state_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "early_stopping": stopper.state_dict(),
                 "history": result.history, "rng": rng_state(), "train_config": asdict(cfg),
-                "model_config": model.cfg.to_json()})
+                "model_config": model.cfg.to_json()} | ({} if averaged is None else {"averaged": averaged.state_dict()}))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
         if stopper.should_stop:

@@ -36,16 +36,19 @@ def sets(windows: Path):
     return WindowDataset(windows, "train"), WindowDataset(windows, "val")
 
 
-def test_resume_after_epoch_one_equals_an_uninterrupted_run(small_equity_windows, tmp_path):
+@pytest.mark.parametrize("cfg", [CFG, dataclasses.replace(CFG, average_decay=0.9)], ids=["raw", "averaged"])
+def test_resume_after_epoch_one_equals_an_uninterrupted_run(small_equity_windows, tmp_path, cfg):
+    """Resumed from its epoch-1 state (the weights' average too, where it keeps one), a run ends
+    where an uninterrupted one does."""
     straight = make_model(small_equity_windows)
-    full = train(straight, *sets(small_equity_windows), CFG, tmp_path / "a")
+    full = train(straight, *sets(small_equity_windows), cfg, tmp_path / "a")
     interrupted = make_model(small_equity_windows)
-    partial = train(interrupted, *sets(small_equity_windows), CFG, tmp_path / "b", stop_after_epochs=1)
+    partial = train(interrupted, *sets(small_equity_windows), cfg, tmp_path / "b", stop_after_epochs=1)
     assert len(partial.history) == 1
     saved = load_training_state(tmp_path / "b" / TRAINING_STATE)
     assert saved["epoch"] == 0
     resumed_model = make_model(small_equity_windows, seed=99)  # different init: everything must come from the checkpoint
-    resumed = train(resumed_model, *sets(small_equity_windows), CFG, tmp_path / "b")
+    resumed = train(resumed_model, *sets(small_equity_windows), cfg, tmp_path / "b")
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed_model.state_dict().items()):
@@ -164,3 +167,39 @@ def test_selection_on_the_advantage_over_the_rule_keeps_its_best_epoch(small_equ
     assert result.best_val_loss == losses[result.best_epoch]
     with pytest.raises(ValueError, match="selection"):
         TrainConfig(selection="val_loss")
+
+
+def test_the_weights_average_is_what_validation_scores_and_training_keeps(small_equity_windows, tmp_path):
+    """average_decay: after each step the average moves toward the raw weights by 1 - decay (one
+    step per epoch here, so after two it is decay * w1 + (1 - decay) * w2, the raw run's weights
+    after each), validation scores the average, and the model handed back is the best epoch's
+    average, not the raw weights."""
+    from torch.utils.data import DataLoader
+
+    from lem_model.train import _Dist, evaluate_loss
+
+    one_step = dataclasses.replace(CFG, epochs=2, samples_per_epoch=CFG.batch_size, early_stop_patience=5)
+    train(make_model(small_equity_windows), *sets(small_equity_windows), one_step, tmp_path / "raw1",
+          stop_after_epochs=1)
+    raw = train(make_model(small_equity_windows), *sets(small_equity_windows), one_step, tmp_path / "raw2")
+    # The raw weights after each step, as saved (before the best epoch's are restored).
+    raw_after = [load_training_state(tmp_path / f"raw{k}" / TRAINING_STATE)["model"] for k in (1, 2)]
+    decay = 0.75
+    model = make_model(small_equity_windows)
+    result = train(model, *sets(small_equity_windows), dataclasses.replace(one_step, average_decay=decay),
+                   tmp_path / "averaged")
+    averaged = load_training_state(tmp_path / "averaged" / TRAINING_STATE)["averaged"]
+    assert int(averaged["n_averaged"]) == 2
+    names = [n for n, _ in model.named_parameters()]
+    for n in names:
+        expected = decay * raw_after[0][n] + (1 - decay) * raw_after[1][n]
+        torch.testing.assert_close(averaged[f"module.{n}"], expected, rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(raw_after[0][n], raw_after[1][n]) for n in names)  # the average had to move
+    # Validation scored the average (the first epoch's average is the raw weights: one step taken).
+    assert result.history[0]["val_loss"] == pytest.approx(raw.history[0]["val_loss"], rel=1e-6)
+    assert result.history[1]["val_loss"] != pytest.approx(raw.history[1]["val_loss"], rel=1e-6)
+    _, val = sets(small_equity_windows)
+    kept = evaluate_loss(model, DataLoader(val, batch_size=one_step.batch_size), one_step, torch.device("cpu"), _Dist())
+    assert kept["val_loss"] == pytest.approx(result.history[result.best_epoch]["val_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="average_decay"):
+        TrainConfig(average_decay=1.0)
