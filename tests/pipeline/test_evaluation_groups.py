@@ -38,6 +38,9 @@ def test_groups_have_their_own_mean_allocation_and_combine_back(small_equity_win
     combined = EvalArrays.combine([(groups[s], parts[s]) for s in groups])
     for name in ("model_bps", "rule_bps", "twap_volume_bps", "twap_notional_bps"):
         np.testing.assert_allclose(getattr(combined, name), getattr(whole, name), rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(combined.mean_alloc, whole.mean_alloc, atol=1e-9)
+    # The parts ran in other batches than the whole, and float32 kernels may round by batch (up
+    # to 1.5e-8 on one CPU, 0 on another): equal to that rounding, far below the groups' curves'
+    # own difference, which a combination that lost or repeated a group would show.
+    np.testing.assert_allclose(combined.mean_alloc, whole.mean_alloc, rtol=0, atol=1e-7)
     assert combined.all_finite and combined.max_sum_error < 1e-5
     assert pl.Series(symbols).n_unique() == 2
