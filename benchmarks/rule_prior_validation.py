@@ -76,7 +76,8 @@ def main() -> None:
                     help="validate and keep an exponential moving average of the weights with this decay per "
                          "step (TrainConfig.average_decay)")
     ap.add_argument("--report-each-epoch", action="store_true",
-                    help="print the per-cell report after every epoch too (that epoch's weights)")
+                    help="print the per-cell report after every epoch too (the weights validation scored: "
+                         "that epoch's, or their average with --average-decay)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
