@@ -5,10 +5,12 @@ thresholds fitted on the training windows ("fitted"), at a given learning rate a
 
 Prints each epoch's training and validation objective, then per side and minimum period the
 trained model's mean advantage in bps over the one-line rule and over the fitted rule (positive:
-the LEM is better), and the Match VWAP std reduction against TWAP in volume, all on validation.
+the LEM is better), the std of its slippage against the rule's, the mean share of the order it
+trades at the first and the last bar, and the Match VWAP std reduction against TWAP in volume,
+all on validation.
 
     python benchmarks/rule_prior_validation.py WINDOWS_DIR [--prior fitted] [--lr 3e-5] [--scale 16] [--epochs 6]
-        [--selection vs_rule] [--patience 2] [--average-decay 0.99] [--report-each-epoch]
+        [--selection vs_rule] [--patience 2] [--average-decay 0.99] [--beat-risk neutral] [--report-each-epoch]
 
 WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow30_cpu`` builds
 (``$LEM_DATA_DIR/windows/equity``). One run takes about 12 minutes on 2 cores (6 epochs).
@@ -29,10 +31,11 @@ import torch
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.baselines import early_stop_rule
 from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
-from lem_model.evaluate import evaluate, match_vwap_std_reduction
+from lem_model.evaluate import SIDES, evaluate, match_vwap_std_reduction
 from lem_model.metrics import slippage_bps
 from lem_model.train import TrainConfig, fit_rule_prior, seed_everything, train
 from lem_model.training_state import TRAINING_STATE, load_training_state
+from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
 from seed_ensemble_validation import print_advantages
 
@@ -50,6 +53,15 @@ def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Ten
     print(f"{'':22}" + " ".join(f"{m + 1:>6}" for m in range(N)))
     print_advantages(ev, ev.rule_bps, "rule")
     print_advantages(ev, fitted, "fitted rule")
+    # What the schedules are: their slippage's spread against the rule's, and how much of the
+    # order they trade at the first and the last bar (a drift bet shows as a corner there).
+    for side_name, kind, _ in SIDES:
+        lem, rule = ev.model_bps[:, :N, kind, Target.VOLUME], ev.rule_bps[:, :N, kind, Target.VOLUME]
+        print(f"  {side_name:4} std LEM / rule  " + " ".join(f"{a:>6}" for a in
+              (f"{x:.0f}/{y:.0f}" for x, y in zip(lem.std(0), rule.std(0)))))
+        for step, label in ((0, "first"), (N - 1, "last")):
+            shares = ev.mean_alloc[step, :N, kind, Target.VOLUME]
+            print(f"  {side_name:4} {label:5} bar share  " + " ".join(f"{a:6.3f}" for a in shares))
 
 
 def main() -> None:
@@ -64,6 +76,8 @@ def main() -> None:
                     help="the aligned objective's buy and sell terms (TrainConfig.sides)")
     ap.add_argument("--match-risk", choices=["softplus", "squared"], default="softplus",
                     help="the aligned objective's match-benchmark term (TrainConfig.match_risk)")
+    ap.add_argument("--beat-risk", choices=["softplus", "neutral"], default="softplus",
+                    help="the aligned objective's beat-the-benchmark terms (TrainConfig.beat_risk)")
     ap.add_argument("--seed", type=int, default=0, help="the model's initial draw and the training's (TrainConfig.seed)")
     ap.add_argument("--match-forecast", action="store_true",
                     help="the Match head starts as the volume forecast times the minimum-variance curve "
@@ -88,9 +102,10 @@ def main() -> None:
     model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, SMALL_SIZE, allocator))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
                       samples_per_epoch=args.samples, seed=args.seed, device="cpu", progress=False, sides=args.sides,
-                      match_risk=args.match_risk, early_stop_patience=args.patience,
+                      match_risk=args.match_risk, beat_risk=args.beat_risk, early_stop_patience=args.patience,
                       selection=args.selection, average_decay=args.average_decay)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
+          f"beat risk {args.beat_risk}, "
           f"selection {args.selection}, average decay {args.average_decay}, "
           f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows")
     t0 = time.perf_counter()

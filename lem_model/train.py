@@ -69,6 +69,9 @@ class TrainConfig:
     # The aligned objective's match-benchmark term: "softplus" of |slippage| as the reference, or
     # "squared", whose mean is the std the tables report plus the squared mean (aligned_loss).
     match_risk: Literal["softplus", "squared"] = "softplus"
+    # The aligned objective's beat-the-benchmark terms: "softplus" as the reference (which also
+    # pays for variance), or "neutral", its tangent at 0, the mean slippage the tables compare.
+    beat_risk: Literal["softplus", "neutral"] = "softplus"
     # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
     # them. Lets a CPU budget see many windows' variety in a few short epochs.
     samples_per_epoch: int | None = None
@@ -93,7 +96,7 @@ class TrainConfig:
             raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
         if self.average_decay is not None and not 0 < self.average_decay < 1:
             raise ValueError(f"average_decay must lie strictly between 0 and 1, not {self.average_decay}")
-        for name, reference in (("sides", "paired"), ("match_risk", "softplus")):  # the aligned objective's
+        for name, reference in (("sides", "paired"), ("match_risk", "softplus"), ("beat_risk", "softplus")):
             if getattr(self, name) != reference and self.objective != "aligned":
                 raise ValueError(f"{name}={getattr(self, name)!r} is the aligned objective's; "
                                  f"objective is {self.objective!r}")
@@ -197,7 +200,7 @@ def seed_everything(seed: int) -> None:
 def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss the config trains and selects on."""
     if cfg.objective == "aligned":
-        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides, cfg.match_risk)
+        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides, cfg.match_risk, cfg.beat_risk)
     return lem_loss(alloc, volumes, prices, cfg.loss_alpha)
 
 

@@ -172,3 +172,33 @@ def test_the_squared_match_term_is_the_mean_square_the_tables_report(real):
     with pytest.raises(ValueError, match="aligned objective"):
         TrainConfig(match_risk="squared")
     assert TrainConfig(objective="aligned", match_risk="squared").match_risk == "squared"
+
+
+def test_the_neutral_beat_term_scores_the_tables_mean_slippage(real):
+    """The beat heads' "neutral" term is softplus's tangent at 0: between two schedules with the
+    same Match head it differs by exactly the tables' mean slippage difference (buys' minus
+    sells', in percent), where softplus also charges each schedule's variance."""
+    _, vol, px = real
+    B, N = px.shape
+    twap, rule = schedules(px)["twap"], schedules(px)["rule"].clone()
+    assert torch.allclose(rule[:, :, N], twap[:, :, N], rtol=0, atol=1e-15)  # the rule's head N is TWAP
+    rule[:, :, N] = twap[:, :, N]  # bit for bit: the Match head's term the same in both
+    s = {"twap": twap, "rule": rule}
+    terms = B * N * 2 * 2 + B * 4 * 2
+
+    def mean_term(a: torch.Tensor) -> float:
+        slip = slippage_bps(a, vol, px)[:, :N] / 100  # percent, (B, N, 4, 2)
+        buys = slip[:, :, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]
+        sells = slip[:, :, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
+        return (buys.sum() - sells.sum()).item() / 4
+
+    expected = (mean_term(rule) - mean_term(twap)) / terms
+    assert expected < -1e-4  # the rule's real gain to score
+    loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item() for k, a in s.items()}
+            for risk in ("neutral", "softplus")}
+    assert loss["neutral"]["rule"] - loss["neutral"]["twap"] == pytest.approx(expected, rel=1e-9)
+    softplus_gap = loss["softplus"]["rule"] - loss["softplus"]["twap"]
+    assert abs(softplus_gap - expected) > 0.01 * abs(expected), (softplus_gap, expected)
+    with pytest.raises(ValueError, match="aligned objective"):
+        TrainConfig(beat_risk="neutral")
+    assert TrainConfig(objective="aligned", beat_risk="neutral").beat_risk == "neutral"
