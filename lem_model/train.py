@@ -96,6 +96,7 @@ class TrainConfig:
             raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
         if self.average_decay is not None and not 0 < self.average_decay < 1:
             raise ValueError(f"average_decay must lie strictly between 0 and 1, not {self.average_decay}")
+        # The aligned objective's switches, each refused away from its reference value elsewhere.
         for name, reference in (("sides", "paired"), ("match_risk", "softplus"), ("beat_risk", "softplus")):
             if getattr(self, name) != reference and self.objective != "aligned":
                 raise ValueError(f"{name}={getattr(self, name)!r} is the aligned objective's; "

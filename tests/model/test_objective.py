@@ -180,7 +180,8 @@ def test_the_neutral_beat_term_scores_the_tables_mean_slippage(real):
     sells', in percent), where softplus also charges each schedule's variance."""
     _, vol, px = real
     B, N = px.shape
-    twap, rule = schedules(px)["twap"], schedules(px)["rule"].clone()
+    both = schedules(px)
+    twap, rule = both["twap"], both["rule"].clone()
     assert torch.allclose(rule[:, :, N], twap[:, :, N], rtol=0, atol=1e-15)  # the rule's head N is TWAP
     rule[:, :, N] = twap[:, :, N]  # bit for bit: the Match head's term the same in both
     s = {"twap": twap, "rule": rule}
