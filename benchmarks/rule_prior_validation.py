@@ -7,13 +7,17 @@ Prints each epoch's training and validation objective, then per side and minimum
 trained model's mean advantage in bps over the one-line rule and over the fitted rule (positive:
 the LEM is better), the std of its slippage against the rule's, the mean share of the order it
 trades at the first and the last bar, and the Match VWAP std reduction against TWAP in volume,
-all on validation.
+all on validation; with ``--intervals``, also the advantage over the rule with the summary's 95%
+block-bootstrap interval, the goal dow30_cpu is judged by on the test split.
 
     python benchmarks/rule_prior_validation.py WINDOWS_DIR [--prior fitted] [--lr 3e-5] [--scale 16] [--epochs 6]
-        [--selection vs_rule] [--patience 2] [--average-decay 0.99] [--beat-risk neutral] [--report-each-epoch]
+        [--selection vs_rule] [--patience 2] [--average-decay 0.99] [--beat-risk neutral|tracking] [--report-each-epoch] [--intervals]
+        [--size paper] [--batch-size 128] [--device cuda] [--cuda-graphs]
 
 WINDOWS_DIR is an equity windows directory, e.g. the one ``lem run --preset dow30_cpu`` builds
 (``$LEM_DATA_DIR/windows/equity``). One run takes about 12 minutes on 2 cores (6 epochs).
+Without ``--intervals`` it needs lem_model alone (no pipeline dependencies), so it runs on a
+GPU host whose python holds torch and numpy only, with the windows carried there.
 """
 
 from __future__ import annotations
@@ -30,19 +34,21 @@ import torch
 
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.baselines import early_stop_rule
-from lem_model.config import FITTED_RULE_GATE, SMALL_SIZE
+from lem_model.config import FITTED_RULE_GATE, PAPER_SIZE, SMALL_SIZE
 from lem_model.evaluate import SIDES, evaluate, match_vwap_std_reduction
 from lem_model.metrics import slippage_bps
+from lem_model.paired import comparisons
 from lem_model.train import TrainConfig, fit_rule_prior, seed_everything, train
 from lem_model.training_state import TRAINING_STATE, load_training_state
 from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
-from seed_ensemble_validation import print_advantages
+from validation_report import print_advantages
 
 
-def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Tensor) -> None:
+def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Tensor, device: str = "cpu",
+           dates: np.ndarray | None = None) -> None:
     N = model.cfg.n_ahead
-    ev = evaluate(model, val, min_rate=1 / N**2, batch_size=1024)
+    ev = evaluate(model, val, min_rate=1 / N**2, batch_size=1024, device=device)
     if ev.evaluated("fitted_rule_bps"):  # the model started as the fitted rule: evaluate scored it
         fitted = ev.fitted_rule_bps
     else:
@@ -62,6 +68,21 @@ def report(model: LargeExecutionModel, val: WindowDataset, thresholds: torch.Ten
         for step, label in ((0, "first"), (N - 1, "last")):
             shares = ev.mean_alloc[step, :N, kind, Target.VOLUME]
             print(f"  {side_name:4} {label:5} bar share  " + " ".join(f"{a:6.3f}" for a in shares))
+    if dates is not None:  # the summary's vs_rule cells: mean and 95% block-bootstrap interval
+        for side_name, period, p in comparisons(ev, dates, "rule"):
+            print(f"  {side_name:4} {period:2} vs rule {p.mean:+6.2f} [{p.ci95[0]:+6.2f}, {p.ci95[1]:+6.2f}]")
+
+
+def validation_dates(windows: str, count: int) -> np.ndarray:
+    """The execution date of each validation window, in the dataset's order (the blocks of the
+    bootstrap). Imported here: the pipeline's dependencies are needed for this only."""
+    from lem_pipeline.evaluation_summary import execution_dates
+    from lem_pipeline.windows import read_index
+
+    dates = execution_dates(read_index(windows, "val"))
+    if len(dates) != count:
+        raise ValueError(f"{windows}: {len(dates)} validation rows in the index for {count} windows")
+    return dates
 
 
 def main() -> None:
@@ -76,7 +97,7 @@ def main() -> None:
                     help="the aligned objective's buy and sell terms (TrainConfig.sides)")
     ap.add_argument("--match-risk", choices=["softplus", "squared"], default="softplus",
                     help="the aligned objective's match-benchmark term (TrainConfig.match_risk)")
-    ap.add_argument("--beat-risk", choices=["softplus", "neutral"], default="softplus",
+    ap.add_argument("--beat-risk", choices=["softplus", "neutral", "tracking"], default="softplus",
                     help="the aligned objective's beat-the-benchmark terms (TrainConfig.beat_risk)")
     ap.add_argument("--seed", type=int, default=0, help="the model's initial draw and the training's (TrainConfig.seed)")
     ap.add_argument("--match-forecast", action="store_true",
@@ -93,26 +114,40 @@ def main() -> None:
                     help="print the per-cell report after every epoch too (the weights validation scored: "
                          "that epoch's, or their average with --average-decay)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", choices=["small", "paper"], default="small",
+                    help="the model's size: dow30_cpu's (SMALL_SIZE) or the paper's (PAPER_SIZE; wants a GPU)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="TrainConfig.device, and where the reports evaluate")
+    ap.add_argument("--cuda-graphs", action="store_true", help="TrainConfig.cuda_graphs")
+    ap.add_argument("--intervals", action="store_true",
+                    help="each report also gives, per side and minimum period, the advantage over the rule with "
+                         "the summary's 95%% block-bootstrap interval over execution dates (reads the windows' "
+                         "index with polars, a pipeline dependency)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train_set, val = WindowDataset(args.windows, "train"), WindowDataset(args.windows, "val")
+    dates = validation_dates(args.windows, len(val)) if args.intervals else None
     seed_everything(args.seed)
+    size = PAPER_SIZE if args.size == "paper" else SMALL_SIZE
     allocator = dataclasses.replace(FITTED_RULE_GATE, rule_prior=args.prior, rule_signal_scale=args.scale,
                                     match_forecast=args.match_forecast)
-    model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, SMALL_SIZE, allocator))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, objective="aligned",
-                      samples_per_epoch=args.samples, seed=args.seed, device="cpu", progress=False, sides=args.sides,
+    model = LargeExecutionModel(LEMConfig.for_windows(train_set.meta, size, allocator))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, objective="aligned",
+                      samples_per_epoch=args.samples, seed=args.seed, device=args.device,
+                      cuda_graphs=args.cuda_graphs, progress=False, sides=args.sides,
                       match_risk=args.match_risk, beat_risk=args.beat_risk, early_stop_patience=args.patience,
                       selection=args.selection, average_decay=args.average_decay)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
           f"beat risk {args.beat_risk}, "
           f"selection {args.selection}, average decay {args.average_decay}, "
-          f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows")
+          f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows, "
+          f"{args.size} model, batch {args.batch_size}, device {args.device}, cuda graphs {args.cuda_graphs}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             print(f"epoch {epoch + 1}: train {metrics['loss']:.5f}, validation {metrics['val_loss']:.5f}, "
-                  f"vs rule {metrics['val_vs_rule_bps']:+.3f} bps, lr {metrics['lr']:.2g}", flush=True)
+                  f"vs rule {metrics['val_vs_rule_bps']:+.3f} bps, lr {metrics['lr']:.2g}, "
+                  f"{time.perf_counter() - t0:.0f} s in", flush=True)
             if args.report_each_epoch:
                 judged = model
                 if args.average_decay is not None:  # the weights validation scored: the average, saved just now
@@ -120,7 +155,7 @@ def main() -> None:
                     saved = load_training_state(Path(state) / TRAINING_STATE)["averaged"]
                     judged.load_state_dict({k.removeprefix("module."): v for k, v in saved.items()
                                             if k.startswith("module.")})
-                report(judged, val, model.stop_thresholds if args.prior == "fitted" else None)
+                report(judged, val, model.stop_thresholds if args.prior == "fitted" else None, args.device, dates)
 
         result = train(model, train_set, val, cfg, state, resume=False, on_epoch_end=on_epoch_end)
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {result.best_epoch + 1}, "
@@ -129,7 +164,7 @@ def main() -> None:
     thresholds = model.stop_thresholds if args.prior == "fitted" else fit_rule_prior(model, train_set, cfg)
     print("fitted thresholds (bps, per head; buy / sell):")
     print("  " + " ".join(f"{int(b)}/{int(s)}" for b, s in thresholds[:-1].tolist()))
-    report(model, val, thresholds)
+    report(model, val, thresholds, args.device, dates)
 
 
 if __name__ == "__main__":

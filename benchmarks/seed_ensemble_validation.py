@@ -28,14 +28,14 @@ import torch
 
 from lem_model import LargeExecutionModel
 from lem_model.evaluate import SIDES, EvalArrays, evaluate, match_vwap_std_reduction
-from lem_model.paired import advantage
 from lem_model.saved_model import WEIGHTS, load_model, save_model
 from lem_model.train import train
-from lem_model.vocabulary import OrderKind, Target
+from lem_model.vocabulary import Target
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline.model_training import build_model
 from lem_pipeline.presets import get_preset
 from lem_pipeline.windows import read_meta
+from validation_report import print_advantages
 
 
 class AllocationAverage(torch.nn.Module):
@@ -70,16 +70,6 @@ def train_seed(windows: Path, seed: int, preset_name: str, out: Path) -> Path:
     print(f"seed {seed} trained in {time.perf_counter() - t0:.0f} s; best epoch {result.best_epoch + 1}, "
           f"validation objective {result.best_val_loss:.5f}")
     return save_model(model, d)
-
-
-def print_advantages(ev: EvalArrays, baseline_bps: np.ndarray, label: str) -> None:
-    """Per side, one line: the mean advantage in bps over ``baseline_bps`` (positive: the LEM is
-    better) at each minimum period, VWAP orders in volume (the vs_rule table's cells)."""
-    for side_name, kind, _ in SIDES:
-        side = OrderKind(kind).side
-        adv = [advantage(ev.model_bps[:, m, kind, Target.VOLUME], baseline_bps[:, m, kind, Target.VOLUME], side).mean()
-               for m in range(ev.n_ahead)]
-        print(f"  {side_name:4} vs {label:11} " + " ".join(f"{a:6.2f}" for a in adv))
 
 
 def report(name: str, ev: EvalArrays) -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from lem_model.baselines import early_stop_rule
 from lem_model.slippage import percent_difference
 from lem_model.vocabulary import OrderKind
 
@@ -26,7 +27,7 @@ def lem_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, a
 def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, tau: float = 0.05,
                  sides: Literal["paired", "separate"] = "paired",
                  match_risk: Literal["softplus", "squared"] = "softplus",
-                 beat_risk: Literal["softplus", "neutral"] = "softplus") -> torch.Tensor:
+                 beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus") -> torch.Tensor:
     """lem_loss's terms with the tables' completion mask: a bar after the order completes is out
     of both the achieved price and the benchmark (the reference keeps half of it in), so an order
     that finishes early at a good price scores as it does in the tables. The mask's gradient is
@@ -48,10 +49,21 @@ def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tenso
     "neutral", softplus's tangent at 0, log 2 + x / 2. Softplus is log 2 + x / 2 + x^2 / 8 + ...
     at the slippages a day's VWAP sees (tenths of a percent), so besides the mean the tables
     compare it pays for variance: a std cut from 0.5% to 0.4% is worth 2.25 bps of mean to it.
-    "neutral" scores the mean slippage alone, as the vs_rule table does."""
+    "neutral" scores the mean slippage alone, as the vs_rule table does; alone it buys mean with
+    any amount of variance, a bet on the drift (docs/DESIGN.md). "tracking" keeps the tangent
+    and charges softplus's curvature, (x - x_rule)^2 / 8, on the distance from the one-line
+    causal rule's slippage on the same window instead of on the slippage itself: the paired
+    difference the vs_rule table's interval is built from, so a schedule pays for straying from
+    the rule, not for the market's own variance."""
     dif = percent_difference(alloc, volumes, prices, soft_alpha=None, bench_eps_numerator=False,
                              straight_through_tau=tau)
-    return _objective(dif, volumes.shape[1], sides, match_risk, beat_risk)
+    reference = None
+    if beat_risk == "tracking":
+        with torch.no_grad():  # the rule's slippage as the tables score it: hard mask, float64
+            rule = early_stop_rule(prices.double(), alloc.shape[2])
+            reference = percent_difference(rule, volumes.double(), prices.double(), soft_alpha=None,
+                                           bench_eps_numerator=False).to(dif.dtype)
+    return _objective(dif, volumes.shape[1], sides, match_risk, beat_risk, reference)
 
 
 def _softplus_tangent(x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +73,26 @@ def _softplus_tangent(x: torch.Tensor) -> torch.Tensor:
 
 def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] = "paired",
                match_risk: Literal["softplus", "squared"] = "softplus",
-               beat_risk: Literal["softplus", "neutral"] = "softplus") -> torch.Tensor:
+               beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus",
+               reference: torch.Tensor | None = None) -> torch.Tensor:
     B = dif.shape[0]
-    buys = dif[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]  # (B, N, 2, 2): [VWAP, TWAP] x target
-    sells = dif[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
-    beat = F.softplus if beat_risk == "softplus" else _softplus_tangent
+
+    def beat_cells(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, N, 2, 2): [VWAP, TWAP] x target
+        return d[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1], d[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
+
+    def beat(x: torch.Tensor, x_rule: torch.Tensor | None) -> torch.Tensor:
+        if beat_risk == "softplus":
+            return F.softplus(x)
+        if beat_risk == "neutral":
+            return _softplus_tangent(x)
+        return _softplus_tangent(x) + (x - x_rule).square() / 8  # softplus's curvature, about the rule
+
+    buys, sells = beat_cells(dif)
+    rule_buys, rule_sells = beat_cells(reference) if reference is not None else (None, None)
     if sides == "paired":
-        pnl = beat(buys - sells).sum()
+        pnl = beat(buys - sells, None if reference is None else rule_buys - rule_sells).sum()
     else:  # as many terms as paired, each side's half of the weight
-        pnl = (beat(buys).sum() + beat(-sells).sum()) / 2
+        pnl = (beat(buys, rule_buys).sum() + beat(-sells, None if reference is None else -rule_sells).sum()) / 2
     match = dif[:, N]  # (B, 4, 2)
     risk = match.square() if match_risk == "squared" else F.softplus(match.abs())
     return (pnl + risk.sum()) / (B * N * 2 * 2 + B * 4 * 2)

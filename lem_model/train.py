@@ -70,8 +70,10 @@ class TrainConfig:
     # "squared", whose mean is the std the tables report plus the squared mean (aligned_loss).
     match_risk: Literal["softplus", "squared"] = "softplus"
     # The aligned objective's beat-the-benchmark terms: "softplus" as the reference (which also
-    # pays for variance), or "neutral", its tangent at 0, the mean slippage the tables compare.
-    beat_risk: Literal["softplus", "neutral"] = "softplus"
+    # pays for variance), "neutral", its tangent at 0, the mean slippage the tables compare, or
+    # "tracking", the tangent plus softplus's curvature on the distance from the causal rule's
+    # slippage (lem_model.loss.aligned_loss).
+    beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus"
     # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
     # them. Lets a CPU budget see many windows' variety in a few short epochs.
     samples_per_epoch: int | None = None

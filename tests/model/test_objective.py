@@ -203,3 +203,29 @@ def test_the_neutral_beat_term_scores_the_tables_mean_slippage(real):
     with pytest.raises(ValueError, match="aligned objective"):
         TrainConfig(beat_risk="neutral")
     assert TrainConfig(objective="aligned", beat_risk="neutral").beat_risk == "neutral"
+
+
+def test_the_tracking_beat_term_charges_the_distance_from_the_rule(real):
+    """The beat heads' "tracking" term is the tangent plus softplus's curvature on the distance
+    from the causal rule's slippage on the same window: the rule itself pays nothing beyond its
+    mean, whatever its own variance, and TWAP pays (x_twap - x_rule)^2 / 8 per cell."""
+    _, vol, px = real
+    B, N = px.shape
+    s = schedules(px)
+    twap, rule = s["twap"], s["rule"].clone()
+    rule[:, :, N] = twap[:, :, N]  # bit for bit: the Match head's term the same in both
+    terms = B * N * 2 * 2 + B * 4 * 2
+
+    def beat_slippage(a: torch.Tensor) -> torch.Tensor:  # percent, as each side's term sees it: (B, N, 2 sides, 2, 2)
+        slip = slippage_bps(a, vol, px)[:, :N] / 100
+        return torch.stack([slip[:, :, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1],
+                            -slip[:, :, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]], dim=2)
+
+    loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item()
+                   for k, a in (("twap", twap), ("rule", rule))} for risk in ("neutral", "tracking")}
+    assert loss["tracking"]["rule"] == pytest.approx(loss["neutral"]["rule"], rel=1e-12)
+    distance = (beat_slippage(twap) - beat_slippage(rule)).square().sum().item() / 8 / 2 / terms
+    assert distance > 1e-4  # the rule finishes early often enough on these windows to be far from TWAP
+    assert loss["tracking"]["twap"] - loss["neutral"]["twap"] == pytest.approx(distance, rel=1e-9)
+    with pytest.raises(ValueError, match="aligned objective"):
+        TrainConfig(beat_risk="tracking")
