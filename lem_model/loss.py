@@ -77,8 +77,12 @@ def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] =
                reference: torch.Tensor | None = None) -> torch.Tensor:
     B = dif.shape[0]
 
-    def beat_cells(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, N, 2, 2): [VWAP, TWAP] x target
-        return d[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1], d[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
+    def beat_terms(d: torch.Tensor) -> list[torch.Tensor]:
+        """The beat heads' slippages as their terms score them, each (B, N, 2, 2): [VWAP, TWAP] x
+        target. "paired": buy - sell, one term; "separate": buy and -sell, each half the weight."""
+        buys = d[:, :N, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]
+        sells = d[:, :N, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
+        return [buys - sells] if sides == "paired" else [buys, -sells]
 
     def beat(x: torch.Tensor, x_rule: torch.Tensor | None) -> torch.Tensor:
         if beat_risk == "softplus":
@@ -87,12 +91,9 @@ def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] =
             return _softplus_tangent(x)
         return _softplus_tangent(x) + (x - x_rule).square() / 8  # softplus's curvature, about the rule
 
-    buys, sells = beat_cells(dif)
-    rule_buys, rule_sells = beat_cells(reference) if reference is not None else (None, None)
-    if sides == "paired":
-        pnl = beat(buys - sells, None if reference is None else rule_buys - rule_sells).sum()
-    else:  # as many terms as paired, each side's half of the weight
-        pnl = (beat(buys, rule_buys).sum() + beat(-sells, None if reference is None else -rule_sells).sum()) / 2
+    xs = beat_terms(dif)
+    rules = beat_terms(reference) if reference is not None else [None] * len(xs)
+    pnl = sum(beat(x, r).sum() for x, r in zip(xs, rules)) / len(xs)  # as many terms as paired
     match = dif[:, N]  # (B, 4, 2)
     risk = match.square() if match_risk == "squared" else F.softplus(match.abs())
     return (pnl + risk.sum()) / (B * N * 2 * 2 + B * 4 * 2)
