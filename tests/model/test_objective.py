@@ -174,26 +174,38 @@ def test_the_squared_match_term_is_the_mean_square_the_tables_report(real):
     assert TrainConfig(objective="aligned", match_risk="squared").match_risk == "squared"
 
 
+def twap_and_rule(px: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TWAP and the causal rule with the Match head's allocation bit for bit the same, so only
+    the beat heads' terms tell them apart."""
+    both = schedules(px)
+    twap, rule = both["twap"], both["rule"].clone()
+    N = px.shape[1]
+    assert torch.allclose(rule[:, :, N], twap[:, :, N], rtol=0, atol=1e-15)  # the rule's head N is TWAP
+    rule[:, :, N] = twap[:, :, N]
+    return {"twap": twap, "rule": rule}
+
+
+def beat_slippage(a: torch.Tensor, vol: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """The beat heads' slippage in percent as each side's separate term sees it, buys and minus
+    sells: (B, N, 2 sides, 2 [VWAP, TWAP], 2 targets)."""
+    slip = slippage_bps(a, vol, px)[:, :px.shape[1]] / 100
+    return torch.stack([slip[:, :, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1],
+                        -slip[:, :, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]], dim=2)
+
+
 def test_the_neutral_beat_term_scores_the_tables_mean_slippage(real):
     """The beat heads' "neutral" term is softplus's tangent at 0: between two schedules with the
     same Match head it differs by exactly the tables' mean slippage difference (buys' minus
     sells', in percent), where softplus also charges each schedule's variance."""
     _, vol, px = real
     B, N = px.shape
-    both = schedules(px)
-    twap, rule = both["twap"], both["rule"].clone()
-    assert torch.allclose(rule[:, :, N], twap[:, :, N], rtol=0, atol=1e-15)  # the rule's head N is TWAP
-    rule[:, :, N] = twap[:, :, N]  # bit for bit: the Match head's term the same in both
-    s = {"twap": twap, "rule": rule}
+    s = twap_and_rule(px)
     terms = B * N * 2 * 2 + B * 4 * 2
 
-    def mean_term(a: torch.Tensor) -> float:
-        slip = slippage_bps(a, vol, px)[:, :N] / 100  # percent, (B, N, 4, 2)
-        buys = slip[:, :, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1]
-        sells = slip[:, :, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]
-        return (buys.sum() - sells.sum()).item() / 4
+    def mean_term(a: torch.Tensor) -> float:  # each side's term at half the weight: buys - sells over 4
+        return beat_slippage(a, vol, px).sum().item() / 4
 
-    expected = (mean_term(rule) - mean_term(twap)) / terms
+    expected = (mean_term(s["rule"]) - mean_term(s["twap"])) / terms
     assert expected < -1e-4  # the rule's real gain to score
     loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item() for k, a in s.items()}
             for risk in ("neutral", "softplus")}
@@ -211,20 +223,13 @@ def test_the_tracking_beat_term_charges_the_distance_from_the_rule(real):
     mean, whatever its own variance, and TWAP pays (x_twap - x_rule)^2 / 8 per cell."""
     _, vol, px = real
     B, N = px.shape
-    s = schedules(px)
-    twap, rule = s["twap"], s["rule"].clone()
-    rule[:, :, N] = twap[:, :, N]  # bit for bit: the Match head's term the same in both
+    s = twap_and_rule(px)
     terms = B * N * 2 * 2 + B * 4 * 2
-
-    def beat_slippage(a: torch.Tensor) -> torch.Tensor:  # percent, as each side's term sees it: (B, N, 2 sides, 2, 2)
-        slip = slippage_bps(a, vol, px)[:, :N] / 100
-        return torch.stack([slip[:, :, OrderKind.BUY_VWAP : OrderKind.BUY_TWAP + 1],
-                            -slip[:, :, OrderKind.SELL_VWAP : OrderKind.SELL_TWAP + 1]], dim=2)
-
-    loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item()
-                   for k, a in (("twap", twap), ("rule", rule))} for risk in ("neutral", "tracking")}
+    loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item() for k, a in s.items()}
+            for risk in ("neutral", "tracking")}
     assert loss["tracking"]["rule"] == pytest.approx(loss["neutral"]["rule"], rel=1e-12)
-    distance = (beat_slippage(twap) - beat_slippage(rule)).square().sum().item() / 8 / 2 / terms
+    gap = beat_slippage(s["twap"], vol, px) - beat_slippage(s["rule"], vol, px)
+    distance = gap.square().sum().item() / 8 / 2 / terms
     assert distance > 1e-4  # the rule finishes early often enough on these windows to be far from TWAP
     assert loss["tracking"]["twap"] - loss["neutral"]["twap"] == pytest.approx(distance, rel=1e-9)
     with pytest.raises(ValueError, match="aligned objective"):
