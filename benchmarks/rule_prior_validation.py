@@ -99,6 +99,8 @@ def main() -> None:
                     help="the aligned objective's match-benchmark term (TrainConfig.match_risk)")
     ap.add_argument("--beat-risk", choices=["softplus", "neutral", "tracking"], default="softplus",
                     help="the aligned objective's beat-the-benchmark terms (TrainConfig.beat_risk)")
+    ap.add_argument("--tracking-curvature", type=float, default=TrainConfig.tracking_curvature,
+                    help="TrainConfig.tracking_curvature (with --beat-risk tracking)")
     ap.add_argument("--seed", type=int, default=0, help="the model's initial draw and the training's (TrainConfig.seed)")
     ap.add_argument("--match-forecast", action="store_true",
                     help="the Match head starts as the volume forecast times the minimum-variance curve "
@@ -135,10 +137,11 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, objective="aligned",
                       samples_per_epoch=args.samples, seed=args.seed, device=args.device,
                       cuda_graphs=args.cuda_graphs, progress=False, sides=args.sides,
-                      match_risk=args.match_risk, beat_risk=args.beat_risk, early_stop_patience=args.patience,
+                      match_risk=args.match_risk, beat_risk=args.beat_risk,
+                      tracking_curvature=args.tracking_curvature, early_stop_patience=args.patience,
                       selection=args.selection, average_decay=args.average_decay)
     print(f"prior {args.prior}, lr {args.lr}, scale {args.scale}, sides {args.sides}, match risk {args.match_risk}, "
-          f"beat risk {args.beat_risk}, "
+          f"beat risk {args.beat_risk} (curvature {args.tracking_curvature}), "
           f"selection {args.selection}, average decay {args.average_decay}, "
           f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows, "
           f"{args.size} model, batch {args.batch_size}, device {args.device}, cuda graphs {args.cuda_graphs}")

@@ -14,6 +14,10 @@ from lem_model.baselines import early_stop_rule
 from lem_model.slippage import percent_difference
 from lem_model.vocabulary import OrderKind
 
+# Softplus's second-order coefficient at 0 (log 2 + x / 2 + x^2 / 8 + ...): the "tracking" beat
+# term's default curvature, so that it charges what softplus would, about the rule instead of 0.
+SOFTPLUS_CURVATURE = 1 / 8
+
 
 def lem_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, alpha: float = 50.0) -> torch.Tensor:
     """Mean of softplus(buy - sell) over the minimum-duration models and softplus(|slippage|) of
@@ -27,7 +31,8 @@ def lem_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, a
 def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, tau: float = 0.05,
                  sides: Literal["paired", "separate"] = "paired",
                  match_risk: Literal["softplus", "squared"] = "softplus",
-                 beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus") -> torch.Tensor:
+                 beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus",
+                 tracking_curvature: float = SOFTPLUS_CURVATURE) -> torch.Tensor:
     """lem_loss's terms with the tables' completion mask: a bar after the order completes is out
     of both the achieved price and the benchmark (the reference keeps half of it in), so an order
     that finishes early at a good price scores as it does in the tables. The mask's gradient is
@@ -51,10 +56,11 @@ def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tenso
     compare it pays for variance: a std cut from 0.5% to 0.4% is worth 2.25 bps of mean to it.
     "neutral" scores the mean slippage alone, as the vs_rule table does; alone it buys mean with
     any amount of variance, a bet on the drift (docs/DESIGN.md). "tracking" keeps the tangent
-    and charges softplus's curvature, (x - x_rule)^2 / 8, on the distance from the one-line
-    causal rule's slippage on the same window instead of on the slippage itself: the paired
-    difference the vs_rule table's interval is built from, so a schedule pays for straying from
-    the rule, not for the market's own variance."""
+    and charges a curvature, tracking_curvature x (x - x_rule)^2 (softplus's own 1/8 by
+    default), on the distance from the one-line causal rule's slippage on the same window
+    instead of on the slippage itself: the paired difference the vs_rule table's interval is
+    built from, so a schedule pays for straying from the rule, not for the market's own
+    variance. A larger curvature keeps the schedule nearer the rule."""
     dif = percent_difference(alloc, volumes, prices, soft_alpha=None, bench_eps_numerator=False,
                              straight_through_tau=tau)
     reference = None
@@ -63,7 +69,7 @@ def aligned_loss(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tenso
             rule = early_stop_rule(prices.double(), alloc.shape[2])
             reference = percent_difference(rule, volumes.double(), prices.double(), soft_alpha=None,
                                            bench_eps_numerator=False).to(dif.dtype)
-    return _objective(dif, volumes.shape[1], sides, match_risk, beat_risk, reference)
+    return _objective(dif, volumes.shape[1], sides, match_risk, beat_risk, reference, tracking_curvature)
 
 
 def _softplus_tangent(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +80,8 @@ def _softplus_tangent(x: torch.Tensor) -> torch.Tensor:
 def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] = "paired",
                match_risk: Literal["softplus", "squared"] = "softplus",
                beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus",
-               reference: torch.Tensor | None = None) -> torch.Tensor:
+               reference: torch.Tensor | None = None,
+               tracking_curvature: float = SOFTPLUS_CURVATURE) -> torch.Tensor:
     B = dif.shape[0]
 
     def beat_terms(d: torch.Tensor) -> list[torch.Tensor]:
@@ -89,7 +96,7 @@ def _objective(dif: torch.Tensor, N: int, sides: Literal["paired", "separate"] =
             return F.softplus(x)
         if beat_risk == "neutral":
             return _softplus_tangent(x)
-        return _softplus_tangent(x) + (x - x_rule).square() / 8  # softplus's curvature, about the rule
+        return _softplus_tangent(x) + tracking_curvature * (x - x_rule).square()  # curvature about the rule
 
     xs = beat_terms(dif)
     rules = beat_terms(reference) if reference is not None else [None] * len(xs)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lem_model.baselines import early_stop_rule, fit_stop_thresholds, min_variance_curve
 from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory, resolve_device
-from lem_model.loss import aligned_loss, lem_loss
+from lem_model.loss import SOFTPLUS_CURVATURE, aligned_loss, lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics, slippage_bps
 from lem_model.model import LargeExecutionModel
 from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
@@ -74,6 +74,8 @@ class TrainConfig:
     # "tracking", the tangent plus softplus's curvature on the distance from the causal rule's
     # slippage (lem_model.loss.aligned_loss).
     beat_risk: Literal["softplus", "neutral", "tracking"] = "softplus"
+    # "tracking"'s charge per squared percent of distance from the rule: softplus's own by default.
+    tracking_curvature: float = SOFTPLUS_CURVATURE
     # Train windows drawn per epoch (a fresh draw each epoch, without replacement); None: all of
     # them. Lets a CPU budget see many windows' variety in a few short epochs.
     samples_per_epoch: int | None = None
@@ -98,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
         if self.average_decay is not None and not 0 < self.average_decay < 1:
             raise ValueError(f"average_decay must lie strictly between 0 and 1, not {self.average_decay}")
+        if self.tracking_curvature != SOFTPLUS_CURVATURE and self.beat_risk != "tracking":
+            raise ValueError(f"tracking_curvature is for beat_risk='tracking', not {self.beat_risk!r}")
+        if self.tracking_curvature <= 0:
+            raise ValueError(f"tracking_curvature must be positive, not {self.tracking_curvature}")
         # The aligned objective's switches, each refused away from its reference value elsewhere.
         for name, reference in (("sides", "paired"), ("match_risk", "softplus"), ("beat_risk", "softplus")):
             if getattr(self, name) != reference and self.objective != "aligned":
@@ -203,7 +209,8 @@ def seed_everything(seed: int) -> None:
 def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """The loss the config trains and selects on."""
     if cfg.objective == "aligned":
-        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides, cfg.match_risk, cfg.beat_risk)
+        return aligned_loss(alloc, volumes, prices, cfg.completion_tau, cfg.sides, cfg.match_risk, cfg.beat_risk,
+                            cfg.tracking_curvature)
     return lem_loss(alloc, volumes, prices, cfg.loss_alpha)
 
 

@@ -138,7 +138,10 @@ PRESETS: dict[str, Preset] = {
             # small margin: softplus at its kept epoch 4, sells at 10 +2.59 [+0.07, +4.56] (mean
             # advantage 6.99 bps; buys at 12 behind the rule, -0.95 [-1.69, -0.08]); tracking at
             # its kept epoch 2, buys at 10 +1.37 [+0.13, +2.41] (mean 6.00; every cell of 1-12
-            # above 0 with its interval, slippage std within 7 bps of the rule's).
+            # above 0 with its interval, slippage std within 7 bps of the rule's). Its curvature,
+            # softplus's 1/8 (TrainConfig.tracking_curvature), on the same criterion: 1/32 sells
+            # at 10 +6.45 [-0.54, +11.52] (straying toward the drift bet), 1/2 buys at 10 +0.55
+            # [+0.10, +0.93].
             training=TrainConfig(epochs=6, batch_size=128, lr=3e-5, objective="aligned", samples_per_epoch=32_768,
                                  sides="separate", match_risk="squared", beat_risk="tracking", selection="vs_rule"),
             allocator=FORECAST_MATCH_GATE,

@@ -217,20 +217,29 @@ def test_the_neutral_beat_term_scores_the_tables_mean_slippage(real):
     assert TrainConfig(objective="aligned", beat_risk="neutral").beat_risk == "neutral"
 
 
-def test_the_tracking_beat_term_charges_the_distance_from_the_rule(real):
-    """The beat heads' "tracking" term is the tangent plus softplus's curvature on the distance
-    from the causal rule's slippage on the same window: the rule itself pays nothing beyond its
-    mean, whatever its own variance, and TWAP pays (x_twap - x_rule)^2 / 8 per cell."""
+@pytest.mark.parametrize("curvature", [None, 0.5])
+def test_the_tracking_beat_term_charges_the_distance_from_the_rule(real, curvature):
+    """The beat heads' "tracking" term is the tangent plus a curvature on the distance from the
+    causal rule's slippage on the same window: the rule itself pays nothing beyond its mean,
+    whatever its own variance, and TWAP pays curvature x (x_twap - x_rule)^2 per cell, softplus's
+    own 1/8 unless told otherwise."""
     _, vol, px = real
     B, N = px.shape
     s = twap_and_rule(px)
     terms = B * N * 2 * 2 + B * 4 * 2
-    loss = {risk: {k: aligned_loss(a, vol, px, sides="separate", beat_risk=risk).item() for k, a in s.items()}
-            for risk in ("neutral", "tracking")}
+    told = {} if curvature is None else {"tracking_curvature": curvature}
+    loss = {"neutral": {k: aligned_loss(a, vol, px, sides="separate", beat_risk="neutral").item()
+                        for k, a in s.items()},
+            "tracking": {k: aligned_loss(a, vol, px, sides="separate", beat_risk="tracking", **told).item()
+                         for k, a in s.items()}}
     assert loss["tracking"]["rule"] == pytest.approx(loss["neutral"]["rule"], rel=1e-12)
     gap = beat_slippage(s["twap"], vol, px) - beat_slippage(s["rule"], vol, px)
-    distance = gap.square().sum().item() / 8 / 2 / terms
+    distance = gap.square().sum().item() * (curvature or 1 / 8) / 2 / terms
     assert distance > 1e-4  # the rule finishes early often enough on these windows to be far from TWAP
     assert loss["tracking"]["twap"] - loss["neutral"]["twap"] == pytest.approx(distance, rel=1e-9)
     with pytest.raises(ValueError, match="aligned objective"):
         TrainConfig(beat_risk="tracking")
+    with pytest.raises(ValueError, match="tracking_curvature is"):
+        TrainConfig(objective="aligned", beat_risk="neutral", tracking_curvature=0.5)
+    with pytest.raises(ValueError, match="must be positive"):
+        TrainConfig(objective="aligned", beat_risk="tracking", tracking_curvature=0.0)
