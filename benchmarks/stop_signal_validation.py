@@ -17,10 +17,14 @@ average paid (lem_model.baselines.early_stop_rule); threshold and c are fitted o
 windows by the mean slippage of the VWAP order in volume (the vs_rule table's cell), c = 0 being
 the fitted rule. Printed per cell: both fits, the training gain, and on validation the paired
 advantage of the candidate's rule over the fitted rule in bps (positive: the candidate helps)
-with the summary's 95% block-bootstrap interval over execution dates.
+with the summary's 95% block-bootstrap interval over execution dates. First, for scale, per
+cell: what one bar of perfect foresight is worth, the rule deciding from the bar it trades
+(``peek``, not achievable) over the one-line rule, the most a better stop signal could give it.
 
     python benchmarks/stop_signal_validation.py WINDOWS_DIR [--candidates market return volume]
         [--market-windows DIR]
+
+``--candidates`` with none: the foresight lines only (a minute).
 
 ``--market-windows``: also write a copy of the windows with the market column appended to each
 bar's features (the other arrays linked), for rule_prior_validation.py to train the preset's
@@ -72,11 +76,12 @@ def candidate_columns(windows: Path, meta: dict, names: list[str]) -> dict[str, 
 
 
 def rule_slippage(prices: np.ndarray, volumes: np.ndarray, z: np.ndarray, j: int, sign: float,
-                  thresholds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                  thresholds: np.ndarray, weights: np.ndarray, peek: bool = False) -> np.ndarray:
     """(B, G) the slippage in bps of head j's VWAP order in volume under each (threshold, c) of
     the grid (G,): 1/N a bar until it stops, the benchmark over the bars it executed on (to its
     last, and at least its minimum duration; lem_model.metrics.slippage_bps). ``z``: (B, N-1)
-    the candidate at the execution bars a decision can read (:func:`decision_candidates`)."""
+    the candidate at the execution bars a decision can read (:func:`decision_candidates`).
+    ``peek``: decide at bar k from bar k's own price, the bar it trades (not achievable)."""
     B, N = prices.shape
     G = len(thresholds)
     done, paid = np.zeros((B, G)), np.zeros((B, G))
@@ -84,7 +89,8 @@ def rule_slippage(prices: np.ndarray, volumes: np.ndarray, z: np.ndarray, j: int
     for k in range(N):
         a = np.full((B, G), 1.0 / N) if k < N - 1 else 1 - done
         if 1 <= k < N - 1 and k >= j:
-            signal = (prices[:, k - 1:k] / (paid / done) - 1) * 1e4 + weights * z[:, k - 1:k]
+            seen = prices[:, k:k + 1] if peek else prices[:, k - 1:k]
+            signal = (seen / (paid / done) - 1) * 1e4 + weights * z[:, k - 1:k]
             a = np.where(sign * signal < -(thresholds + TIE_BPS), 1 - done, a)
         a = np.clip(np.minimum(a, 1 - done), 0.0, None)
         last = np.where(a > 0, k, last)
@@ -100,16 +106,17 @@ def check_against_the_library(prices: np.ndarray, volumes: np.ndarray, n: int = 
     first ``n`` windows at two thresholds, every head and side."""
     px, vol = torch.as_tensor(prices[:n]), torch.as_tensor(volumes[:n])
     N = px.shape[1]
-    for theta in (0.0, 48.0):
-        alloc = early_stop_rule(px, N + 1, thresholds_bps=torch.full((N + 1, len(Side)), theta))
+    for theta, peek in ((0.0, False), (48.0, False), (0.0, True)):
+        alloc = early_stop_rule(px, N + 1, peek=peek, thresholds_bps=torch.full((N + 1, len(Side)), theta))
         library = slippage_bps(alloc, vol, px).numpy()
         for j in range(N):
             for (side, sign), kind in zip(SIDE_SIGNS, (OrderKind.BUY_VWAP, OrderKind.SELL_VWAP)):
                 ours = rule_slippage(prices[:n], volumes[:n], np.zeros((len(px), N - 1)), j, sign,
-                                     np.array([theta]), np.zeros(1))[:, 0]
+                                     np.array([theta]), np.zeros(1), peek)[:, 0]
                 gap = np.abs(ours - library[:, j, kind, Target.VOLUME]).max()
                 if gap > GAP_BPS:
-                    raise AssertionError(f"{side} {j + 1} at {theta} bps: {gap:.3g} bps from lem_model's rule")
+                    raise AssertionError(f"{side} {j + 1} at {theta} bps (peek {peek}): {gap:.3g} bps "
+                                         "from lem_model's rule")
 
 
 def decision_candidates(data: WindowDataset, column: np.ndarray) -> np.ndarray:
@@ -137,7 +144,7 @@ def write_market_windows(windows: Path, meta: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("windows", type=Path)
-    ap.add_argument("--candidates", nargs="+", choices=CANDIDATES, default=list(CANDIDATES))
+    ap.add_argument("--candidates", nargs="*", choices=CANDIDATES, default=list(CANDIDATES))
     ap.add_argument("--market-windows", type=Path)
     args = ap.parse_args()
     meta = json.loads(meta_file(args.windows).read_text())
@@ -155,6 +162,14 @@ def main() -> None:
     plain = grid_c == 0
     N = train.n_ahead
     print(f"{args.windows}: {len(train)} training and {len(val)} validation windows; VWAP orders in volume")
+    no_input = np.zeros((len(val), N - 1))
+    for j in range(N - 1):  # what one bar of foresight is worth: the most any input could give a stop
+        for side, sign in SIDE_SIGNS:
+            slip = np.concatenate([rule_slippage(p_va, v_va, no_input, j, sign, np.array([0.0]), np.zeros(1), peek)
+                                   for peek in (False, True)], axis=1)
+            p = paired((slip[:, 0] - slip[:, 1]) * sign, dates)
+            print(f"  peek   {side:4} {j + 1:2}: the rule deciding from the bar it trades, over the rule: "
+                  f"{p.mean:+6.2f} [{p.ci95[0]:+6.2f}, {p.ci95[1]:+6.2f}]", flush=True)
     for name, column in candidate_columns(args.windows, meta, args.candidates).items():
         in_train = decision_candidates(train, column)
         mean, std = in_train.mean(), in_train.std()
