@@ -71,14 +71,19 @@ def next_session_features(windows: Path, meta: dict) -> np.ndarray:
 
 
 def calendar_windows(windows: Path, out: Path) -> Path:
-    """``out``: ``windows`` with the next session's kind among each bar's features (the other
-    arrays linked, not copied)."""
+    """``out``: ``windows`` with the next session's kind among each bar's features."""
     meta = json.loads(meta_file(windows).read_text())
     if meta["config"]["seasonality"] != "daily":
         raise SystemExit(f"{windows}: calendar features need daily windows, not {meta['config']['seasonality']}")
+    return windows_with_features(windows, meta, out, next_session_features(windows, meta), NEW_FEATURES)
+
+
+def windows_with_features(windows: Path, meta: dict, out: Path, columns: np.ndarray, names: list[str]) -> Path:
+    """``out``: ``windows`` with ``columns`` (n_bars, len(names)) appended to each bar's features,
+    before the price and volume columns (the other arrays linked, not copied)."""
     out.mkdir(parents=True, exist_ok=True)
     features = np.load(bars_file(windows, "features"))
-    np.save(bars_file(out, "features"), np.concatenate([features, next_session_features(windows, meta)], axis=1))
+    np.save(bars_file(out, "features"), np.concatenate([features, columns.astype(features.dtype)], axis=1))
     for name in BAR_ARRAYS:
         if name != "features" and not bars_file(out, name).exists():
             os.symlink(bars_file(windows, name).resolve(), bars_file(out, name))
@@ -87,9 +92,8 @@ def calendar_windows(windows: Path, out: Path) -> Path:
             os.symlink(starts_file(windows, split).resolve(), starts_file(out, split))
     if not (out / "index.parquet").exists():
         os.symlink((windows / "index.parquet").resolve(), out / "index.parquet")
-    names = meta["features"]  # the per-bar features, then the price and volume columns
-    meta["features"] = names[:-2] + NEW_FEATURES + names[-2:]
-    meta_file(out).write_text(json.dumps(meta, indent=2))
+    before = meta["features"]  # the per-bar features, then the price and volume columns
+    meta_file(out).write_text(json.dumps(meta | {"features": before[:-2] + names + before[-2:]}, indent=2))
     return out
 
 

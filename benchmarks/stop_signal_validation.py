@@ -35,20 +35,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-from calendar_input_validation import SPLITS, bar_dates
+from calendar_input_validation import bar_dates, windows_with_features
 from rule_prior_validation import validation_dates
 
 from lem_model.baselines import STOP_THRESHOLD_GRID, early_stop_rule
 from lem_model.metrics import slippage_bps
 from lem_model.paired import paired
 from lem_model.vocabulary import OrderKind, Side, Target
-from lem_model.window_dataset import BAR_ARRAYS, WindowDataset, bars_file, meta_file, starts_file
+from lem_model.window_dataset import WindowDataset, bars_file, meta_file
 
 CANDIDATES = ("market", "return", "volume")
 WEIGHTS_BPS = (-40.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0, 40.0)  # c, bps per std of the candidate
@@ -127,17 +126,7 @@ def decision_candidates(data: WindowDataset, column: np.ndarray) -> np.ndarray:
 
 def write_market_windows(windows: Path, meta: dict, out: Path) -> None:
     """``out``: ``windows`` with the market column appended to each bar's features."""
-    out.mkdir(parents=True, exist_ok=True)
-    features = np.load(bars_file(windows, "features"))
-    market = market_column(windows, meta).astype(np.float32)[:, None]
-    np.save(bars_file(out, "features"), np.concatenate([features, market], axis=1))
-    links = [bars_file(windows, n) for n in BAR_ARRAYS if n != "features"]
-    links += [starts_file(windows, s) for s in SPLITS] + [windows / "index.parquet"]
-    for src in links:
-        if not (out / src.name).exists():
-            os.symlink(src.resolve(), out / src.name)
-    names = meta["features"]  # the per-bar features, then the price and volume columns
-    meta_file(out).write_text(json.dumps(meta | {"features": names[:-2] + ["market_return"] + names[-2:]}, indent=2))
+    windows_with_features(windows, meta, out, market_column(windows, meta)[:, None], ["market_return"])
     print(f"{out}: the windows with the market column among the features")
 
 
