@@ -40,6 +40,10 @@ def resample_klines(klines: pl.DataFrame, freq_min: int, cfg: ResampleConfig) ->
         return pl.DataFrame(schema={"symbol": pl.String, "freq_min": pl.Int32, "open_time": pl.Datetime("us", "UTC"),
                                     "volume": pl.Float64, "quote_volume": pl.Float64, "vwap": pl.Float64,
                                     "bridged": pl.Float64, "segment": pl.Int32})
+    repeated = klines.filter(pl.col("open_time").is_duplicated())
+    if not repeated.is_empty():  # summed into one bucket, they would double its volume
+        raise ValueError(f"{symbol}: {len(repeated)} candles share an open_time with another, the first at "
+                         f"{repeated['open_time'].min()}; refusing to sum them into one bar")
     base = timedelta(minutes=cfg.base_minutes)
     candles = klines.sort("open_time").with_columns(
         # A new segment starts after more than max_missing_base consecutive missing candles.

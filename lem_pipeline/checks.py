@@ -37,12 +37,14 @@ def finite_windows(directory: Path) -> dg.AssetCheckResult:
 
 
 def windows_inside_splits(directory: Path, cfg: WindowConfig) -> dg.AssetCheckResult:
-    """Every window's bars lie inside the split dates of ``cfg`` (the boundaries are purged)."""
+    """Every window's bars, from the first's open to the last's close, lie inside the split dates
+    of ``cfg`` (the boundaries are purged)."""
     index = read_index(directory)
     val = pl.lit(cfg.val_start).cast(pl.Datetime("us", "UTC"))
     test = pl.lit(cfg.test_start).cast(pl.Datetime("us", "UTC"))
-    inside = (pl.when(pl.col("split") == "train").then(pl.col("end_time") < val)
-              .when(pl.col("split") == "val").then((pl.col("first_time") >= val) & (pl.col("end_time") < test))
+    closes = pl.col("end_time") + pl.duration(minutes=pl.col("freq_min"))
+    inside = (pl.when(pl.col("split") == "train").then(closes <= val)
+              .when(pl.col("split") == "val").then((pl.col("first_time") >= val) & (closes <= test))
               .otherwise(pl.col("first_time") >= test))
     outside = index.filter(~inside)
     examples = outside.head(10).select("split", "symbol", "freq_min", *TIME_COLUMNS)

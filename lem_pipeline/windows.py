@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -62,8 +63,16 @@ class WindowConfig:
 
     @classmethod
     def from_meta(cls, meta: dict) -> WindowConfig:
-        """The config a windows directory was built with (its meta.json, see :func:`read_meta`)."""
-        c = dict(meta["config"])
+        """The config a windows directory was built with (its meta.json, see :func:`read_meta`);
+        a ValueError naming the fields for one that is not such a config."""
+        c = dict(meta.get("config") or {})
+        fields = {f.name for f in dataclasses.fields(cls)}
+        # the split dates, and what has no default (a field added later keeps its default)
+        required = {"val_start", "test_start"} | {f.name for f in dataclasses.fields(cls)
+                                                  if f.default is dataclasses.MISSING}
+        if c.keys() - fields or required - c.keys():
+            raise ValueError(f"not a windows config: missing {sorted(required - c.keys())}, "
+                             f"unknown {sorted(c.keys() - fields)}")
         for k in ("val_start", "test_start"):
             c[k] = date.fromisoformat(c[k])
         return cls(**c)
@@ -148,8 +157,11 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     r, first, last = r[valid], first[valid], last[valid]
     val_t = np.datetime64(datetime.combine(cfg.val_start, datetime.min.time()), "us")
     test_t = np.datetime64(datetime.combine(cfg.test_start, datetime.min.time()), "us")
-    t0, t1 = times[first], times[last]
-    in_split = {"train": t1 < val_t, "val": (t0 >= val_t) & (t1 < test_t), "test": t0 >= test_t}
+    # A window belongs to a split when every bar of it, from the first's open to the last's
+    # close, lies inside; an intraday bar of a frequency that does not divide a day (the paper's
+    # 90 and 250 min) can open before a boundary and close after it.
+    t0, t1 = times[first], times[last] + np.timedelta64(out.freq_min, "m")
+    in_split = {"train": t1 <= val_t, "val": (t0 >= val_t) & (t1 <= test_t), "test": t0 >= test_t}
     stride = {"train": cfg.stride, "val": cfg.stride, "test": cfg.test_stride or cfg.stride}
     # every stride-th start of the series (one phase for all splits), inside its split
     out.starts = {split: r[in_split[split] & ((r - r[:1]) % stride[split] == 0)] for split in SPLITS}

@@ -22,7 +22,7 @@ import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlparse
@@ -105,18 +105,40 @@ class SizeBound:
     period: str  # "1h monthly", for messages
 
 
-def size_bound(name: str) -> SizeBound:
-    """The bound of the Data Vision file called ``name``; a name that is not one (a CSV a test or
-    a notebook wrote) gets the largest bound any published file has: a 31-day month of 1m bars."""
+@dataclass(frozen=True)
+class FilePeriod:
+    """What a Data Vision file's name promises: candles of ``step_s`` seconds opening in
+    [start, end), on the epoch-aligned grid."""
+
+    start: datetime
+    end: datetime
+    step_s: int
+    interval: str
+    kind: str  # "daily" or "monthly"
+
+
+def file_period(name: str) -> FilePeriod | None:
+    """The period of the Data Vision file called ``name``; None for a name that is not one (a
+    CSV a test or a notebook wrote)."""
     m = _ARCHIVE_NAME.match(name)
     if m is None or m["interval"] not in _INTERVAL_SECONDS:
+        return None
+    first = date.fromisoformat(m["period"] if len(m["period"]) == 10 else m["period"] + "-01")
+    days = 1 if len(m["period"]) == 10 else calendar.monthrange(first.year, first.month)[1]
+    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+    return FilePeriod(start, start + timedelta(days=days), _INTERVAL_SECONDS[m["interval"]], m["interval"],
+                      "daily" if days == 1 else "monthly")
+
+
+def size_bound(name: str) -> SizeBound:
+    """The bound of the Data Vision file called ``name``; a name that is not one gets the largest
+    bound any published file has: a 31-day month of 1m bars."""
+    period = file_period(name)
+    if period is None:
         rows = 31 * 86400 // min(_INTERVAL_SECONDS.values())
         return SizeBound(rows, (rows + 1) * MAX_ROW_BYTES, "largest (31 days of 1m)")
-    start = date.fromisoformat(m["period"] if len(m["period"]) == 10 else m["period"] + "-01")
-    days = 1 if len(m["period"]) == 10 else calendar.monthrange(start.year, start.month)[1]
-    rows = days * 86400 // _INTERVAL_SECONDS[m["interval"]]
-    kind = "daily" if days == 1 else "monthly"
-    return SizeBound(rows, (rows + 1) * MAX_ROW_BYTES, f"{m['interval']} {kind}")
+    rows = int((period.end - period.start).total_seconds()) // period.step_s
+    return SizeBound(rows, (rows + 1) * MAX_ROW_BYTES, f"{period.interval} {period.kind}")
 
 
 def _too_big(where: str, size: int, bound: SizeBound, how: str) -> DataVisionError:
@@ -537,7 +559,7 @@ def _read_csv_bytes(data: bytes, source: str) -> pl.DataFrame:
             new_columns=_RAW_COLUMNS,
             schema_overrides=_RAW_DTYPES,
         )
-    except (pl.exceptions.ComputeError, pl.exceptions.ShapeError) as e:
+    except pl.exceptions.PolarsError as e:  # wrong column count, a non-numeric field, ...
         raise DataVisionError(f"{source}: cannot parse as a Data Vision kline CSV: {e}") from e
     if df.width != len(_RAW_COLUMNS):
         raise DataVisionError(f"{source}: expected {len(_RAW_COLUMNS)} columns, found {df.width}")
@@ -563,13 +585,33 @@ def read_klines(path: str | Path) -> pl.DataFrame:
         raise DataVisionError(f"{path}: {raw.height} rows, more than the {bound.rows} a {bound.period} file can hold; "
                               "refused")
     unit = pl.when(pl.col("open_time") >= _MICROSECOND_THRESHOLD)
-    return raw.select(
+    klines = raw.select(
         unit.then(pl.col("open_time")).otherwise(pl.col("open_time") * 1000)
         .cast(pl.Datetime("us"))
         .dt.replace_time_zone("UTC")
         .alias("open_time"),
         *[pl.col(c) for c in KLINE_COLUMNS[1:]],
     )
+    period = file_period(path.name)
+    if period is not None:
+        _check_on_period(klines, period, path)
+    return klines
+
+
+def _check_on_period(klines: pl.DataFrame, period: FilePeriod, path: Path) -> None:
+    """Every candle must open inside the file's period and on its interval's grid. Bars are sums
+    of the candles in a bucket, so a candle filed in the wrong month (it would be counted twice
+    once the months are joined) or at an odd time (two in one slot) would silently inflate a
+    bar's volume; the file is refused, naming the first such row, instead."""
+    step_us = period.step_s * 1_000_000
+    t = pl.col("open_time")
+    bad = klines.with_row_index("row").filter(
+        (t < period.start) | (t >= period.end) | (t.dt.epoch("us") % step_us != 0))
+    if not bad.is_empty():
+        row, when = bad["row"][0] + 1, bad["open_time"][0]
+        raise DataVisionError(
+            f"{path}: {len(bad)} candle(s) outside the file's period [{period.start:%Y-%m-%d}, {period.end:%Y-%m-%d}) "
+            f"or off its {period.interval} grid, the first at data row {row} (open_time {when}); refused")
 
 
 def _read_bounded(path: Path, bound: SizeBound) -> bytes:

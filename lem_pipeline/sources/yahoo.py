@@ -32,15 +32,43 @@ class DailyBarSource(Protocol):
     def describe(self, ticker: str) -> str: ...
 
 
-def _finish(df: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
-    """Common tail of both sources: types, date filter (end inclusive), notional proxy, order."""
+_VALUES = ["open", "high", "low", "close", "adj_close", "volume"]
+
+
+def _finish(df: pl.DataFrame, start: date, end: date, what: str) -> pl.DataFrame:
+    """Common tail of both sources: types, date filter (end inclusive), notional proxy, order.
+
+    A date is the exchange's local date: a timestamp with an offset keeps its own day, never the
+    UTC one (``2020-01-02 00:00+09:00`` is 2020-01-02). Yahoo marks a day it has no prices for
+    with a row of nulls: those rows are dropped and logged with their dates. A row with some
+    values and not others is corrupt, and is an error naming it.
+    """
+    when = pl.col("date")
+    if df.schema["date"] == pl.String:
+        when = when.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    elif isinstance(df.schema["date"], pl.Datetime) and df.schema["date"].time_zone is not None:
+        when = when.dt.replace_time_zone(None)
+    try:
+        typed = df.with_columns(when.cast(pl.Date).alias("date"), *[pl.col(c).cast(pl.Float64) for c in _VALUES])
+    except pl.exceptions.PolarsError as e:
+        raise YahooSourceError(f"{what}: a column is not numeric: {e}") from e
+    undated = typed.filter(pl.col("date").is_null())
+    if len(undated):
+        row = df.with_row_index("row").filter(typed["date"].is_null())
+        raise YahooSourceError(f"{what}: {len(undated)} row(s) without a YYYY-MM-DD date, the first "
+                               f"{row['date'][0]!r} (data row {row['row'][0] + 1})")
+    typed = typed.filter(pl.col("date").is_between(start, end, closed="both"))
+    nulls = pl.sum_horizontal(pl.col(_VALUES).is_null())
+    partial = typed.filter((nulls > 0) & (nulls < len(_VALUES)))
+    if len(partial):
+        raise YahooSourceError(f"{what}: {len(partial)} row(s) with some values missing, the first on "
+                               f"{partial['date'][0]}; refused (a day Yahoo has no prices for is all nulls)")
+    empty = typed.filter(nulls == len(_VALUES))
+    if len(empty):
+        log.warning("%s: dropped %d day(s) Yahoo gives no prices for (rows of nulls): %s", what, len(empty),
+                    ", ".join(str(d) for d in empty["date"].head(10)) + (", ..." if len(empty) > 10 else ""))
     return (
-        df.with_columns(
-            pl.col("date").cast(pl.Date),
-            *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "adj_close", "volume")],
-        )
-        .filter(pl.col("date").is_between(start, end, closed="both"))
-        .drop_nulls(["open", "high", "low", "close", "adj_close", "volume"])
+        typed.filter(nulls == 0)
         .with_columns((pl.col("volume") * pl.col("adj_close")).alias("quote_volume"))
         .select(DAILY_COLUMNS)
         .sort("date")
@@ -61,13 +89,13 @@ class CsvDirectorySource:
         if not path.is_file():
             raise YahooSourceError(f"{ticker}: no file {path} in the offline Yahoo directory")
         try:
-            raw = pl.read_csv(path, try_parse_dates=True, null_values=["null", "NaN", ""])
+            raw = pl.read_csv(path, null_values=["null", "NaN", ""], infer_schema=False)  # typed in _finish
         except pl.exceptions.PolarsError as e:
             raise YahooSourceError(f"{ticker}: cannot parse {path}: {e}") from e
         missing = set(_CSV_NAMES) - set(raw.columns)
         if missing:
             raise YahooSourceError(f"{ticker}: {path} lacks the columns {sorted(missing)}")
-        out = _finish(raw.rename(_CSV_NAMES).select(list(_CSV_NAMES.values())), start, end)
+        out = _finish(raw.rename(_CSV_NAMES).select(list(_CSV_NAMES.values())), start, end, f"{ticker}: {path}")
         if out.is_empty():
             raise YahooSourceError(f"{ticker}: {path} has no rows between {start} and {end}")
         return out
@@ -114,7 +142,10 @@ class YFinanceSource:
             if frame is None or len(frame) == 0:
                 last_error = YahooSourceError(f"{ticker}: yfinance returned no rows")
                 continue
-            return _finish(from_yfinance_frame(frame, ticker), start, end)
+            out = _finish(from_yfinance_frame(frame, ticker), start, end, self.describe(ticker))
+            if out.is_empty():
+                raise YahooSourceError(f"{ticker}: yfinance returned no priced rows between {start} and {end}")
+            return out
         raise YahooSourceError(f"{ticker}: yfinance download failed after {self.max_retries + 1} attempts: {last_error}")
 
 

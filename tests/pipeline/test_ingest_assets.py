@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import zipfile
+from contextlib import contextmanager
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -196,3 +197,27 @@ def test_gap_check_reports_every_missing_candle_of_a_bridged_month(mirror, dagst
     assert evaluation.passed is False and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["missing_bars"].value == missing
     assert materialization(instance, "binance_klines", k)["missing_bars"].value == missing
+
+
+def test_gap_check_counts_a_month_truncated_at_its_end(dagster_home, tmp_path):
+    """A truncated archive can carry a valid checksum (Data Vision has published some): the
+    warning check counts the candles missing after the last row, not only those between rows."""
+    lines = source_lines(BTC, "2020-01")[:-400]  # ends 2020-01-15 07:00
+    zip_path = tmp_path / "mirror" / BTC.monthly_path(date(2020, 1, 1))
+    zip_path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr(zip_path.name.replace(".zip", ".csv"), "\n".join(lines) + "\n")
+    write_checksum(zip_path)
+    instance = dg.DagsterInstance.get()
+    k = key("BTCUSDT", "2020-01")
+    with contextmanager(serve)(tmp_path / "mirror") as server:
+        assert run_partitions(make_defs(server.url, tmp_path), "crypto_ingest_job", instance, [k],
+                              progress=False).failed == {}
+    check_key = dg.AssetCheckKey(dg.AssetKey("binance_klines"), "no_gaps")
+    evaluation = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key])[
+        check_key].event.dagster_event.event_specific_data
+    assert evaluation.passed is False
+    assert evaluation.metadata["missing_bars"].value == 400 and evaluation.metadata["gaps"].value == 1
+    assert "| 2020-01-15 07:00 | 400 |" in evaluation.metadata["largest_gaps"].value
+    meta = materialization(instance, "binance_klines", k)
+    assert meta["rows"].value == 344 and meta["missing_bars"].value == 400

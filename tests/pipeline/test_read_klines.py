@@ -6,9 +6,11 @@ import zipfile
 from datetime import datetime, timezone
 
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
-from lem_pipeline.sources.binance import KLINE_COLUMNS, read_klines
+from lem_pipeline.bars import ResampleConfig, resample_klines
+from lem_pipeline.sources.binance import KLINE_COLUMNS, DataVisionError, read_klines
 from tests.conftest import BINANCE_MIRROR
 
 SPOT = BINANCE_MIRROR / "data/spot/monthly/klines/BTCUSDT/1h/BTCUSDT-1h-2020-01.zip"
@@ -40,7 +42,7 @@ def test_microsecond_open_time_parses_to_the_same_rows(tmp_path):
         f = line.split(",")
         f[0], f[6] = str(int(f[0]) * 1000), str(int(f[6]) * 1000 + 999)
         rewritten.append(",".join(f))
-    csv = tmp_path / "BTCUSDT-1h-2025-01.csv"
+    csv = tmp_path / "BTCUSDT-1h-2020-01.csv"
     csv.write_text("\n".join(rewritten) + "\n")
     assert_frame_equal(read_klines(csv), read_klines(SPOT))
 
@@ -57,3 +59,49 @@ def test_header_and_headerless_files_parse_alike(tmp_path):
     with zipfile.ZipFile(spot_with_header, "w") as zf:
         zf.writestr("spot.csv", "\n".join([lines[0], *_lines(SPOT)]) + "\n")
     assert_frame_equal(read_klines(spot_with_header), read_klines(SPOT))
+
+
+def _rewritten(tmp_path, name: str, lines: list[str]):
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(name.replace(".zip", ".csv"), "\n".join(lines) + "\n")
+    return path
+
+
+def test_a_candle_filed_in_the_wrong_month_is_refused_naming_the_file_and_row(tmp_path):
+    # January's file with its first candle replaced by February's first: the row count is right
+    # and every row would validate, but joined with February that candle would be summed twice.
+    january = _lines(SPOT)
+    february = _lines(SPOT.with_name("BTCUSDT-1h-2020-02.zip"))
+    bad = _rewritten(tmp_path, SPOT.name, january[1:] + february[:1])
+    with pytest.raises(DataVisionError, match=r"BTCUSDT-1h-2020-01\.zip: 1 candle\(s\) outside the file's period "
+                                              r"\[2020-01-01, 2020-02-01\) or off its 1h grid, the first at data row 744 "
+                                              r"\(open_time 2020-02-01 00:00:00\+00:00\)"):
+        read_klines(bad)
+
+
+def test_a_candle_off_the_interval_grid_is_refused(tmp_path):
+    lines = _lines(SPOT)
+    fields = lines[9].split(",")
+    fields[0] = str(int(fields[0]) + 28 * 60_000 + 14_789)  # 09:28:14.789, as Binance once published
+    bad = _rewritten(tmp_path, SPOT.name, lines[:9] + [",".join(fields)] + lines[10:])
+    with pytest.raises(DataVisionError, match=r"off its 1h grid, the first at data row 10 "
+                                              r"\(open_time 2020-01-01 09:28:14.789"):
+        read_klines(bad)
+
+
+def test_resampling_refuses_two_candles_in_one_slot():
+    january = read_klines(SPOT).with_columns(pl.lit("BTCUSDT").alias("symbol"))
+    twice = pl.concat([january, january.head(1)])
+    with pytest.raises(ValueError, match=r"BTCUSDT: 2 candles share an open_time with another, the first at "
+                                         r"2020-01-01 00:00:00"):
+        resample_klines(twice, 60, ResampleConfig(base_minutes=60))
+    assert resample_klines(january, 60, ResampleConfig(base_minutes=60))["volume"].sum() == pytest.approx(
+        january["volume"].sum())
+
+
+def test_a_file_polars_cannot_type_is_a_data_vision_error_naming_it(tmp_path):
+    lines = _lines(SPOT)
+    bad = _rewritten(tmp_path, SPOT.name, [lines[0] + ",extra"] + lines[1:])
+    with pytest.raises(DataVisionError, match=r"BTCUSDT-1h-2020-01\.zip: cannot parse as a Data Vision kline CSV"):
+        read_klines(bad)

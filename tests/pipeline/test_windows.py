@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from lem_pipeline.bars import ResampleConfig, daily_bars, resample_klines
+from lem_pipeline.checks import windows_inside_splits
 from lem_pipeline.presets import DOW_30
 from lem_pipeline.sources.binance import KlineStream, read_klines
 from lem_pipeline.sources.yahoo import CsvDirectorySource
@@ -195,3 +196,32 @@ def test_the_test_split_can_be_denser_than_training():
     for split, step in (("train", 8), ("val", 8), ("test", 4)):
         want = every[split][(every[split] - phase) % step == 0]
         assert len(want) > 10 and np.array_equal(sparse[split], want), split
+
+
+def test_a_bar_that_opens_before_a_boundary_and_closes_after_it_is_in_no_split(tmp_path):
+    """250-minute bars (the paper's) do not divide a day: one opens before midnight of
+    val_start and trades after it. A training window must not end with it (its target would hold
+    validation-period trades), nor a validation window with the bar over test_start."""
+    raw = klines(KlineStream("ALGOUSDT", "um", "1m"), ["2024-02"])
+    bars = resample_klines(raw, 250, ResampleConfig(base_minutes=1))
+    val, test = datetime(2024, 2, 12, tzinfo=timezone.utc), datetime(2024, 2, 20, tzinfo=timezone.utc)
+    bar = timedelta(minutes=250)
+    opens = bars["open_time"].to_list()
+    assert any(t < val < t + bar for t in opens) and any(t < test < t + bar for t in opens)
+    cfg = WindowConfig(lookback=8, n_ahead=4, norm_window=8, val_start=val.date(), test_start=test.date(),
+                       seasonality="intraday")
+    build_windows([bars], cfg, tmp_path / "w")
+    index = pl.read_parquet(tmp_path / "w" / "index.parquet")
+    train, valid, tst = (index.filter(pl.col("split") == s) for s in ("train", "val", "test"))
+    assert train["end_time"].max() + bar <= val and valid["end_time"].max() + bar <= test
+    assert valid["first_time"].min() >= val and tst["first_time"].min() >= test
+    # an independent count: every start whose bars all lie inside one split, from opens and closes
+    first = cfg.first_start
+    want = {"train": 0, "val": 0, "test": 0}
+    for r in range(first, len(opens) - cfg.n_ahead + 1):
+        a, b = opens[r - cfg.lookback], opens[r + cfg.n_ahead - 1] + bar
+        want["train"] += b <= val
+        want["val"] += a >= val and b <= test
+        want["test"] += a >= test
+    assert {s: len(index.filter(pl.col("split") == s)) for s in want} == want
+    assert windows_inside_splits(tmp_path / "w", cfg).passed

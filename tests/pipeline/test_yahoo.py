@@ -79,3 +79,54 @@ def test_flat_yfinance_columns_are_accepted():
     flat = yahoo.from_yfinance_frame(frame, "AAPL")
     assert flat.columns == ["date", "open", "high", "low", "close", "adj_close", "volume"]
     assert len(flat) == 19
+
+
+def _csv_with(tmp_path, ticker: str, edit) -> CsvDirectorySource:
+    """KO's real CSV with ``edit`` applied to its lines, as ``{ticker}.csv`` in a folder of its own."""
+    lines = (YAHOO_DIR / "KO.csv").read_text().splitlines()
+    (tmp_path / f"{ticker}.csv").write_text("\n".join(edit(lines)) + "\n")
+    return CsvDirectorySource(tmp_path)
+
+
+def test_a_day_of_nulls_is_dropped_and_logged_with_its_date(tmp_path, caplog):
+    whole = CsvDirectorySource(YAHOO_DIR).load("KO", START, END)
+    day = whole["date"][100]
+    src = _csv_with(tmp_path, "KO", lambda ls: [f"{day},null,null,null,null,null,null" if ln.startswith(str(day)) else ln
+                                               for ln in ls])
+    with caplog.at_level("WARNING", logger=yahoo.__name__):
+        out = src.load("KO", START, END)
+    assert_frame_equal(out, whole.filter(pl.col("date") != day))
+    assert f"dropped 1 day(s) Yahoo gives no prices for (rows of nulls): {day}" in caplog.text and "KO.csv" in caplog.text
+
+
+def test_a_row_missing_some_values_is_refused_naming_its_date(tmp_path):
+    def blank_adj_close(lines):
+        f = lines[5].split(",")
+        f[5] = ""
+        return lines[:5] + [",".join(f)] + lines[6:]
+    day = (YAHOO_DIR / "KO.csv").read_text().splitlines()[5].split(",")[0]
+    with pytest.raises(YahooSourceError, match=rf"KO: .*KO\.csv: 1 row\(s\) with some values missing, the first on {day}"):
+        _csv_with(tmp_path, "KO", blank_adj_close).load("KO", START, END)
+
+
+def test_dates_are_the_exchange_dates_and_must_be_iso(tmp_path):
+    # an offset keeps its own calendar day (in UTC this would be the day before)
+    src = _csv_with(tmp_path, "KO", lambda ls: [ls[0]] + [ln.replace(",", " 00:00:00+09:00,", 1) for ln in ls[1:]])
+    assert_frame_equal(src.load("KO", START, END), CsvDirectorySource(YAHOO_DIR).load("KO", START, END))
+    us = _csv_with(tmp_path, "US", lambda ls: [ls[0], "01/02/2020" + ls[1][10:], *ls[2:]])
+    with pytest.raises(YahooSourceError, match=r"US: .*US\.csv: 1 row\(s\) without a YYYY-MM-DD date, the first "
+                                               r"'01/02/2020' \(data row 1\)"):
+        us.load("US", START, END)
+
+
+def test_a_non_numeric_volume_names_the_file(tmp_path):
+    src = _csv_with(tmp_path, "KO", lambda ls: [ls[0], ls[1].rsplit(",", 1)[0] + ",n/a", *ls[2:]])
+    with pytest.raises(YahooSourceError, match=r"KO: .*KO\.csv: a column is not numeric: .*'volume'"):
+        src.load("KO", START, END)
+
+
+def test_a_yfinance_answer_without_one_priced_row_is_an_error(monkeypatch):
+    frame = _yfinance_frame(["KO"], date(2020, 1, 1), date(2020, 2, 1)) * float("nan")
+    monkeypatch.setattr("yfinance.download", lambda *a, **k: frame)
+    with pytest.raises(YahooSourceError, match=r"KO: yfinance returned no priced rows between 2020-01-01 and 2020-01-31"):
+        YFinanceSource(backoff=0).load("KO", date(2020, 1, 1), date(2020, 1, 31))
