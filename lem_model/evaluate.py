@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from lem_model.baselines import early_stop_rule, schedule_slippage_bps, twap_baselines
 from lem_model.costs import CostConfig, MarketContext, almgren_chriss, market_context, trailing_bars
-from lem_model.devices import autocast
 from lem_model.metrics import slippage_bps
 from lem_model.model import LargeExecutionModel
 from lem_model.vocabulary import OrderKind, Target
@@ -128,8 +127,9 @@ def evaluate(model: LargeExecutionModel, data: Dataset, *, min_rate: float, max_
     for x, vol, px in DataLoader(data, batch_size=batch_size):
         x, vol, px = x.to(device), vol.to(device).double(), px.to(device).double()
         B = len(x)
-        with autocast(device):
-            alloc = model(x, torch.full((B,), min_rate, device=device), torch.full((B,), max_rate, device=device))
+        # float32 on every device (no bf16 autocast on CUDA): the tables score the schedules the
+        # live policy serves, which runs in float32.
+        alloc = model(x, torch.full((B,), min_rate, device=device), torch.full((B,), max_rate, device=device))
         alloc = alloc.double()
         finite &= bool(torch.isfinite(alloc).all())
         max_err = max(max_err, float((alloc.sum(1) - 1).abs().max()))

@@ -40,6 +40,9 @@ CONFIDENCE = 0.95
 _PW_THRESHOLD = 2.0  # c: an autocorrelation is "zero" below c * sqrt(log10(n) / n)
 _PW_MIN_RUN = 5  # K_N: this many consecutive "zero" autocorrelations end the dependence
 _MBB_D_FACTOR = 4.0 / 3.0  # D = 4/3 g(0)^2 for the moving / circular block bootstrap
+# Fewer distinct blocks than this (one or two dates, or a block nearly as long as the data) and
+# every resample is nearly the data itself: its interval would be about zero wide. None is given.
+MIN_BLOCK_POSITIONS = 3
 
 
 @dataclass(frozen=True)
@@ -114,14 +117,18 @@ def block_bootstrap_mean(values: np.ndarray, dates: np.ndarray, *, block: int, r
     sums, counts = _date_sums(np.asarray(values, np.float64), np.asarray(dates))
     n = len(sums)
     block = max(1, min(block, n))
-    n_blocks = math.ceil(n / block)
     mean = sums.sum() / counts.sum()
+    if n - block + 1 < MIN_BLOCK_POSITIONS:  # too few distinct blocks to resample: no interval
+        return math.nan, math.nan
+    n_blocks = math.ceil(n / block)  # a resample's blocks: at least as many dates as the data
     # Sum and window count of every block of consecutive dates, by its first date.
     csum, ccount = np.concatenate([[0.0], np.cumsum(sums)]), np.concatenate([[0.0], np.cumsum(counts)])
     block_sums, block_counts = csum[block:] - csum[:-block], ccount[block:] - ccount[:-block]
-    # The ratio mean, linearised: a block's residual sum is its sum less mean x its windows.
-    se = math.sqrt(np.mean((block_sums - mean * block_counts) ** 2) * n_blocks) / (block_counts.mean() * n_blocks)
-    if not se > 0:
+    # The ratio mean, linearised: a block's residual sum is its sum less mean x its windows. The
+    # data hold n / block blocks' worth of dates (not the resample's whole blocks).
+    data_blocks = n / block
+    se = math.sqrt(np.mean((block_sums - mean * block_counts) ** 2) * data_blocks) / (block_counts.mean() * data_blocks)
+    if not se > 0:  # every block's residual is 0: the advantage is the same on every date
         return float(mean), float(mean)
     center = block_sums.sum() / block_counts.sum()  # E* of a resample's mean (edge dates are drawn less)
     rng = np.random.default_rng(seed)
@@ -130,6 +137,8 @@ def block_bootstrap_mean(values: np.ndarray, dates: np.ndarray, *, block: int, r
     means = S.sum(1) / C.sum(1)
     ses = np.sqrt(((S - means[:, None] * C) ** 2).sum(1)) / C.sum(1)
     ok = ses > 0
+    if not ok.any():
+        return math.nan, math.nan
     t = (means[ok] - center) / ses[ok]
     tail = (1 - confidence) / 2
     t_lo, t_hi = np.quantile(t, [tail, 1 - tail])

@@ -33,7 +33,9 @@ def no_volume_yet(volumes: torch.Tensor) -> torch.Tensor:
     """(B, N, ...) bool for volumes (B, N, ...): the steps up to and including the first one with
     volume (the reference's volume mask: t == 0 or no volume traded before t)."""
     N = volumes.shape[1]
-    before = torch.cumsum(volumes, dim=1) - volumes
+    # The volume before t as an exclusive cumulative sum: cumsum(v) - v would lose a volume far
+    # smaller than the bar's own in float32 and call it "no volume yet".
+    before = torch.cat([torch.zeros_like(volumes[:, :1]), torch.cumsum(volumes, dim=1)[:, :-1]], dim=1)
     first = (torch.arange(N, device=volumes.device) == 0).view(1, N, *([1] * (volumes.dim() - 2)))
     return first | (before == 0)
 

@@ -43,6 +43,8 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-5
     early_stop_patience: int = 2
+    # Epochs without improvement before the rate is cut, as Keras counts them (the paper's 1:
+    # cut after the first bad epoch). torch's ReduceLROnPlateau cuts after patience + 1.
     lr_patience: int = 1
     lr_factor: float = 0.1  # Keras ReduceLROnPlateau's default
     grad_clip: float = 1.0
@@ -96,6 +98,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
+        if self.lr_patience < 1:
+            raise ValueError(f"lr_patience must be at least 1 (epochs without improvement), not {self.lr_patience}")
         if self.selection not in ("objective", "vs_rule"):
             raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
         if self.average_decay is not None and not 0 < self.average_decay < 1:
@@ -312,10 +316,34 @@ def train_epoch(net: torch.nn.Module, loader: DataLoader, step: Callable[..., to
                     f"non-finite loss ({bad_loss.item()}) at epoch {epoch + 1}, batch {first_bad.item()}; training "
                     f"stopped. The last good checkpoint is {state_path if state_path.exists() else 'none (first epoch)'}")
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-    total = torch.stack([loss_sum.cpu(), torch.tensor(seen, dtype=torch.float64)])
-    if dist_info.world > 1:
-        dist.all_reduce(total)
+    total = _summed_over_ranks(torch.stack([loss_sum.cpu(), torch.tensor(seen, dtype=torch.float64)]), device,
+                               dist_info)
     return float(total[0] / total[1])
+
+
+def _summed_over_ranks(t: torch.Tensor, device: torch.device, dist_info: _Dist) -> torch.Tensor:
+    """``t`` (on the CPU) summed over every rank. The all-reduce runs on the training device: the
+    process group's NCCL backend serves CUDA tensors only."""
+    if dist_info.world == 1:
+        return t
+    on_device = t.to(device)
+    dist.all_reduce(on_device)
+    return on_device.cpu()
+
+
+class _RankShard(torch.utils.data.Sampler[int]):
+    """Every ``world``-th window from ``rank``: the ranks together see each validation window
+    exactly once (DistributedSampler pads the shards to equal length by repeating windows, which
+    would count some twice in the summed validation metrics)."""
+
+    def __init__(self, n: int, dist_info: _Dist) -> None:
+        self.indices = range(dist_info.rank, n, dist_info.world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device,
@@ -338,10 +366,8 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
             totals += len(x) * torch.tensor([loss, vs_rule_bps(alloc, vol, px), *[m[k] for k in METRIC_NAMES]],
                                             dtype=torch.float64)
             count += len(x)
-    if dist_info.world > 1:
-        dist.all_reduce(totals)
-        dist.all_reduce(count)
-    values = (totals / count.clamp(min=1)).tolist()
+    totals = _summed_over_ranks(torch.cat([totals, count]), device, dist_info)
+    values = (totals[:-1] / totals[-1:].clamp(min=1)).tolist()
     return {"val_loss": values[0], "val_vs_rule_bps": values[1],
             **{f"val_{k}": v for k, v in zip(METRIC_NAMES, values[2:])}}
 
@@ -423,10 +449,11 @@ def train(
     if graphs and dist_info.world > 1:
         raise ValueError("cuda_graphs runs in one process; under torchrun train without it")
     optimizer = adam(model.parameters(), cfg.lr, capturable_on=device if graphs else None)
-    # eps=0: Keras cuts the rate however small it is; torch's default eps=1e-8 would stop the
-    # paper's 1e-5 from going below 1e-8.
+    # As Keras: torch cuts once the bad epochs exceed its patience, Keras once they reach it; and
+    # eps=0, Keras cuts the rate however small it is (torch's default eps=1e-8 would stop the
+    # paper's 1e-5 from going below 1e-8).
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience, eps=0.0)
+                                                           patience=cfg.lr_patience - 1, eps=0.0)
     stopper = EarlyStopping(cfg.early_stop_patience)
     result = TrainResult(device=str(device))
     first_epoch = 0
@@ -449,7 +476,7 @@ def train(
     net: torch.nn.Module = model
     if dist_info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_sampler = DistributedSampler(val_set, shuffle=False) if dist_info.world > 1 else SequentialSampler(val_set)
+    val_sampler = _RankShard(len(val_set), dist_info) if dist_info.world > 1 else SequentialSampler(val_set)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, pin_memory=device.type == "cuda")
     step = make_train_step(net, optimizer, cfg, device)
     graphed = GraphedTrainStep(step, model, optimizer) if graphs else None
@@ -461,7 +488,9 @@ def train(
             return _finish(result, stopper)  # as a crash would: the best weights are not restored
         loss = train_epoch(net, _train_loader(train_set, cfg, epoch, dist_info, device), step, optimizer, cfg,
                            epoch, device, dist_info, state_path, graphed, averaged)
-        metrics = {"loss": loss, **evaluate_loss(judged, val_loader, cfg, device, dist_info),
+        # The plain module: a DDP forward broadcasts buffers, a collective that would hang on the
+        # ranks' unequal validation shards (_RankShard); the weights are the same on every rank.
+        metrics = {"loss": loss, **evaluate_loss(unwrap(judged), val_loader, cfg, device, dist_info),
                    "lr": float(optimizer.param_groups[0]["lr"])}
         watched = metrics["val_loss"] if cfg.selection == "objective" else -metrics["val_vs_rule_bps"]
         scheduler.step(watched)

@@ -84,3 +84,17 @@ def test_comparisons_pair_each_head_with_the_rules_same_head_by_row():
     assert vs_twap["SELL", 1].win_rate == pytest.approx(win_rate(sell1))
     with pytest.raises(ValueError, match="aligned"):
         paired(np.zeros(3), np.zeros(2))
+
+
+def test_too_few_dates_give_no_interval_rather_than_a_zero_wide_one():
+    """One or two dates (a short `lem evaluate --test-end`): every resample is the data again, so
+    the interval would be zero wide and read as clearing 0. It is NaN (null in summary.json)."""
+    rng = np.random.default_rng(0)
+    values = 1.0 + 5 * rng.standard_normal(300)
+    for n_dates in (1, 2):
+        p = paired(values, np.arange(300) % n_dates)
+        assert p.mean == pytest.approx(values.mean()) and all(math.isnan(b) for b in p.ci95)
+    lo, hi = paired(values, np.arange(300) % 3).ci95
+    assert lo < values.mean() - 0.1 and hi > values.mean() + 0.1
+    assert all(math.isnan(b) for b in block_bootstrap_mean(values, np.arange(300) % 30, block=29))
+
