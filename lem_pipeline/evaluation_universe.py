@@ -25,6 +25,7 @@ from lem_pipeline.bars import ResampleConfig, daily_bars, resample_klines
 from lem_pipeline.errors import UserError
 from lem_pipeline.partitions import next_month
 from lem_pipeline.presets import Preset
+from lem_pipeline.schemas import DailyBars, KlineBars, describe_failures, validate
 from lem_pipeline.sources.binance import BinanceDataVision, DataVisionError, KlineStream, interval_seconds, read_month
 from lem_pipeline.sources.yahoo import CsvDirectorySource, YahooSourceError
 from lem_pipeline.windows import BuildReport, WindowConfig, build_windows
@@ -41,6 +42,16 @@ def cut_at(bars: pl.DataFrame, test_end: date | None) -> pl.DataFrame:
     return bars if test_end is None else bars.filter(pl.col("open_time") < _day_start(test_end + timedelta(days=1)))
 
 
+def _validated(model, df: pl.DataFrame, what: str) -> pl.DataFrame:
+    """``df`` if it passes the pandera model the pipeline's ingest blocks on; else a one-line
+    UserError naming the first failing row (an evaluation of bars the pipeline would refuse is
+    not comparable with its tables)."""
+    failures = validate(model, df)
+    if failures is None:
+        return df
+    raise UserError(f"{what}: {len(failures)} failing (check, row) pairs, the first {describe_failures(failures, 1)}")
+
+
 def yahoo_bars(directory: Path, tickers: Sequence[str], test_end: date | None) -> list[pl.DataFrame]:
     """Daily bars of each ticker from ``{directory}/{TICKER}.csv``, all of its history up to ``test_end``."""
     source = CsvDirectorySource(directory)
@@ -52,7 +63,8 @@ def yahoo_bars(directory: Path, tickers: Sequence[str], test_end: date | None) -
             daily = source.load(ticker, date.min, test_end or date.max)
         except YahooSourceError as e:
             raise UserError(f"--tickers {ticker}: {e}") from e
-        out.append(daily_bars(daily.with_columns(pl.lit(ticker).alias("ticker"))))
+        daily = daily.select(pl.lit(ticker).alias("ticker"), pl.all())
+        out.append(daily_bars(_validated(DailyBars, daily, f"--tickers {ticker}: {source.describe(ticker)}")))
     return out
 
 
@@ -93,16 +105,15 @@ def binance_bars(url: str, symbols: Sequence[str], *, market: str, interval: str
                     frame = read_month(files.paths)
                 except DataVisionError as e:
                     raise UserError(f"--symbols {stream.symbol}: {e}") from e
-                if files.listed:
+                if files.listed:  # every month to the last, whatever is missing before it
                     months.append(frame)
-                elif test_end is None and month > test_start:
-                    break  # past the last published month
                 month = next_month(month)
             if not months:
                 raise UserError(f"--symbols {stream.symbol}: no {market} {interval} klines at --binance-url {url} "
                                 f"from {first:%Y-%m} to {last:%Y-%m}")
-            klines = pl.concat(months).with_columns(pl.lit(stream.symbol).alias("symbol"))
-            bars = resample_klines(klines.filter(pl.col("volume").is_not_null()), freq_min, resample)
+            klines = _validated(KlineBars, pl.concat(months).select(pl.lit(stream.symbol).alias("symbol"), pl.all()),
+                                f"--symbols {stream.symbol}")
+            bars = resample_klines(klines, freq_min, resample)
             out.append(cut_at(bars, test_end))
     return out
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from lem_pipeline.errors import UserError
 from lem_pipeline.sources.binance import DEFAULT_BASE_URL
 
 PRESET = "LEM_PRESET"
@@ -49,7 +50,10 @@ def thread_budget(environ: MutableMapping[str, str] = os.environ) -> int:
     """Torch intra-op threads for one step: the cores this process may use divided by the torch
     steps that run at once, unless LEM_TORCH_THREADS says otherwise."""
     if environ.get(TORCH_THREADS):
-        return max(1, int(environ[TORCH_THREADS]))
+        try:
+            return max(1, int(environ[TORCH_THREADS]))
+        except ValueError:
+            raise UserError(f"{TORCH_THREADS}={environ[TORCH_THREADS]!r}: not a whole number of threads") from None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // TORCH_STEPS_AT_ONCE)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from lem_model.fileio import replaced_dir
@@ -61,22 +62,36 @@ def run_id_of(source: str) -> str:
     return run_of(source, MLflowTracking.from_environment().tracking_uri) if is_registry_uri(source) else source
 
 
-def _download(source: str) -> Path:
-    """A run id or a ``models:/`` URI -> the run's model_state artifact, downloaded."""
+def _download(source: str, into: Path) -> Path:
+    """A run id or a ``models:/`` URI -> the run's model_state artifact, downloaded into ``into``."""
     import mlflow
 
     from lem_pipeline.tracking import MLflowTracking
 
     mlflow.set_tracking_uri(MLflowTracking.from_environment().tracking_uri)
     run_id = run_id_of(source)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MLFLOW_ARTIFACT))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MLFLOW_ARTIFACT, dst_path=str(into)))
 
 
 def load_trained(source: str) -> tuple[LargeExecutionModel, WindowConfig]:
     """A trained-model directory, the id of the MLflow run that logged one, or a registry URI
     (``models:/lem-equity@champion``), in the store named by LEM_MLFLOW_URI / LEM_MLFLOW_DIR.
-    Only weights are loaded (``weights_only``): never a pickled object."""
+    Only weights are loaded (``weights_only``): never a pickled object. A downloaded copy is
+    removed once loaded."""
     path = Path(source)
-    if not path.is_dir():
-        path = _download(source)
-    return load_model(path), WindowConfig.from_meta(read_meta(path / WINDOWS_META))
+    if path.is_dir():
+        return _load_dir(path)
+    with tempfile.TemporaryDirectory(prefix="lem-model-") as tmp:
+        return _load_dir(_download(source, Path(tmp)))
+
+
+def _load_dir(path: Path) -> tuple[LargeExecutionModel, WindowConfig]:
+    """The model and its windows config, which must describe the same windows: a model served
+    with another horizon or lookback than it was built for would plan silently wrong."""
+    model, windows = load_model(path), WindowConfig.from_meta(read_meta(path / WINDOWS_META))
+    built = {"lookback": model.cfg.lookback, "n_ahead": model.cfg.n_ahead, "n_features": model.cfg.n_features}
+    cut = {"lookback": windows.lookback, "n_ahead": windows.n_ahead, "n_features": windows.n_features}
+    if built != cut:
+        differ = ", ".join(f"{k} {built[k]} in config.json, {cut[k]} in {WINDOWS_META}" for k in built if built[k] != cut[k])
+        raise ValueError(f"{path}: the model and its windows disagree: {differ}")
+    return model, windows

@@ -42,6 +42,7 @@ def parse_list(flag: str, text: str) -> list[str]:
 
 def check_args(args: argparse.Namespace) -> tuple[date, date | None]:
     """The source flags name one universe, the test span is ordered, and --out is ours to replace."""
+    from lem_pipeline.commands.local import writable_dir
     from lem_pipeline.lake import SLIPPAGE_FILE
 
     yahoo, binance = args.yahoo_dir is not None, args.binance_url is not None
@@ -59,12 +60,32 @@ def check_args(args: argparse.Namespace) -> tuple[date, date | None]:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: not a directory")
+    writable_dir("--out", str(out.parent))  # not found only once the evaluation is computed
     if out.is_dir() and any(out.iterdir()) and not (out / SLIPPAGE_FILE).is_file():
         raise UserError(f"--out {out}: not empty and not an earlier evaluation (no {SLIPPAGE_FILE}); it is replaced "
                         "whole, so give a new or empty folder")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.freq_min is not None and args.freq_min < 1:
+        raise UserError(f"--freq-min {args.freq_min} must be a positive number of minutes")
+    check_device(args.device)
     return start, end
+
+
+def check_device(name: str) -> None:
+    """--device names a device this machine has (cpu, cuda, cuda:1, auto)."""
+    import torch
+
+    from lem_model.devices import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r}: not a device (cpu, cuda or auto)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch build or machine has no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: cpu, cuda or auto")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -74,6 +95,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     test_start, test_end = check_args(args)
     model, cfg = load_model_source(args.model)
+    run_id = model_run_id(args.model, model)
     dataset = DATASET_BY_SEASONALITY[cfg.seasonality]
     if args.yahoo_dir is not None:
         if dataset != "equity":
@@ -98,7 +120,6 @@ def evaluate(args: argparse.Namespace) -> int:
         report = universe.build_test_windows(series, cfg, test_start, test_end, Path(tmp) / dataset, what)
         result = evaluate_windows(dataset, model, report.directory, out, batch_size=args.batch_size,
                                   device=args.device)
-    run_id = model_run_id(args.model)
     tags = {"lem.model": args.model, "lem.universe": ",".join(names), "lem.test_start": test_start.isoformat(),
             **({"lem.test_end": test_end.isoformat()} if test_end else {}),
             **({MODEL_RUN_TAG: run_id} if run_id else {})}

@@ -59,6 +59,7 @@ def check_environment(preset: Preset, environ: Mapping[str, str] = os.environ) -
             raise UserError(f"{settings.BINANCE_URL}: {e}") from e
     writable_dir(DAGSTER_HOME, environ[DAGSTER_HOME])
     writable_dir(settings.DATA_DIR, environ[settings.DATA_DIR])
+    settings.thread_budget(environ)  # a LEM_TORCH_THREADS that is not a number fails here, not in a step
     uri = environ[settings.MLFLOW_URI]
     if (store := settings.sqlite_file(uri)) is not None:
         writable_dir(settings.MLFLOW_URI, str(store.parent))

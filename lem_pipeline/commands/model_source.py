@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 from pathlib import Path
 
 from lem_pipeline.errors import UserError
@@ -77,12 +78,24 @@ def load_model_source(source: str):
         raise UserError(f"--model {source}: {where} ({quote(e)})") from e
 
 
-def model_run_id(source: str) -> str | None:
-    """The MLflow run that trained the model ``source`` names (after :func:`load_model_source`
-    accepted it): a directory's lineage.json, the run id itself, or a registry version's run."""
-    from lem_pipeline.trained_model import read_lineage, run_id_of
+def model_run_id(source: str, model) -> str | None:
+    """The MLflow run that trained ``model``, which ``source`` named (after :func:`load_model_source`
+    accepted it): the run id itself, a registry version's run, or a directory's lineage.json when
+    the weights are the ones it recorded (a directory whose weights were replaced since is tied
+    to no run; a warning says so)."""
+    from lem_model.saved_model import weights_digest
+    from lem_pipeline.trained_model import LINEAGE, read_lineage, run_id_of
 
-    if _looks_like_path(source):
+    if not _looks_like_path(source):
+        return run_id_of(source)
+    try:
         lineage = read_lineage(Path(source))
-        return lineage.get("mlflow_run_id") if lineage else None
-    return run_id_of(source)
+    except ValueError as e:  # not JSON
+        raise UserError(f"--model {source}: corrupt {LINEAGE} ({quote(e)})") from e
+    if not lineage:
+        return None
+    if lineage.get("weights_sha256") != weights_digest(model):
+        print(f"warning: --model {source}: the weights are not the ones {LINEAGE} recorded for MLflow run "
+              f"{lineage.get('mlflow_run_id')}; the evaluation is tied to no training run", file=sys.stderr)
+        return None
+    return lineage.get("mlflow_run_id")

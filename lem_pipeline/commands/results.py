@@ -16,6 +16,7 @@ from lem_model.fileio import atomic_write_text
 from lem_model.vocabulary import Target
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
+from lem_pipeline.errors import UserError
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
 from lem_pipeline.paper_results import PAPER_TABLE_1
@@ -189,7 +190,11 @@ def generate(local, lake: DataLake, out: Path) -> None:
 
 
 def results(args: argparse.Namespace) -> int:
-    generate(open_local(args.preset), DataLake.from_environment(), Path(args.out))
+    local = open_local(args.preset)
+    try:
+        generate(local, DataLake.from_environment(), Path(args.out))
+    except NotMaterializedError as e:  # lem results only reads what lem run produced
+        raise UserError(f"{e}: run `lem run --preset {local.preset.name}` first") from e
     print(f"lem results: wrote {args.out}")
     return 0
 

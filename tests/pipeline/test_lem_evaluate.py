@@ -56,11 +56,14 @@ def msft_test_windows(config: dict, test_start: date, test_end: date | None) -> 
 
 @pytest.fixture(scope="module")
 def model_dir(trained_model, tmp_path_factory) -> Path:
-    """The fixture model with a lineage.json naming its (pretend) training run."""
+    """The fixture model with a lineage.json naming its (pretend) training run and its weights."""
+    from lem_model.saved_model import load_model, weights_digest
+
     out, _ = trained_model
     model = tmp_path_factory.mktemp("evaluate") / "model"
     shutil.copytree(out / "model", model)
-    (model / LINEAGE).write_text(json.dumps({"mlflow_run_id": MODEL_RUN, "weights_sha256": ""}))
+    digest = weights_digest(load_model(model))
+    (model / LINEAGE).write_text(json.dumps({"mlflow_run_id": MODEL_RUN, "weights_sha256": digest}))
     return model
 
 
@@ -140,3 +143,76 @@ def test_crypto_from_a_data_vision_tree(intraday_model: Path, tmp_path: Path) ->
     assert summary["dataset"] == "crypto" and summary["frequency"] == "60min" and summary["windows"] > 100
     assert "2021-06-01" <= summary["first_start"] <= summary["last_start"] <= "2021-11-30"
     assert_rows_match_main_table(summary, tmp_path / "out" / "crypto_60min_main.csv")
+
+
+def test_an_open_ended_crypto_span_reaches_past_the_months_before_the_first_published(intraday_model: Path,
+                                                                                       tmp_path: Path) -> None:
+    """The fixture tree has BTCUSDT from 2020-01 to 2021-11: a test start before its first month,
+    without a test end, evaluates every published month (it once stopped at the first missing one)."""
+    from tests.conftest import BINANCE_MIRROR
+
+    argv = ["--model", str(intraday_model), "--binance-url", BINANCE_MIRROR.resolve().as_uri(), "--symbols",
+            "BTCUSDT", "--interval", "1h", "--freq-min", "60", "--test-start", "2019-10-01",
+            "--out", str(tmp_path / "out"), "--device", "cpu"]
+    proc = lem(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["first_start"].startswith("2020-01") and summary["last_start"].startswith("2021-11")
+
+
+def test_bars_the_pipeline_would_refuse_are_refused_naming_the_row(model_dir: Path, tmp_path: Path) -> None:
+    lines = (YAHOO_DIR / "MSFT.csv").read_text().splitlines()
+    bad_row = next(i for i, ln in enumerate(lines) if ln.startswith("2021-08-02"))
+    fields = lines[bad_row].split(",")
+    fields[-1] = "-" + fields[-1]  # a negative volume
+    lines[bad_row] = ",".join(fields)
+    (tmp_path / "yahoo").mkdir()
+    (tmp_path / "yahoo" / "MSFT.csv").write_text("\n".join(lines) + "\n")
+    argv = ["--model", str(model_dir), "--yahoo-dir", str(tmp_path / "yahoo"), "--tickers", "MSFT",
+            "--test-start", TEST_START.isoformat(), "--out", str(tmp_path / "out")]
+    proc = lem(argv, tmp_path)
+    [line] = proc.stderr.splitlines()
+    assert proc.returncode == 2 and line.startswith("lem evaluate: --tickers MSFT: "), proc.stderr
+    assert "date=2021-08-02" in line and "volume" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_weights_changed_since_its_run_is_tied_to_no_run(model_dir: Path, tmp_path: Path) -> None:
+    """lineage.json names the training run of the weights it recorded: other weights in the same
+    directory get no lem.model_run_id tag (the evaluation would be filed under a run that did not
+    produce them), and a warning says why."""
+    import torch
+
+    from lem_model.saved_model import WEIGHTS
+
+    changed = tmp_path / "model"
+    shutil.copytree(model_dir, changed)
+    weights = torch.load(changed / WEIGHTS, weights_only=True)
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 1.0
+    torch.save(weights, changed / WEIGHTS)
+    argv = ["--model", str(changed), "--yahoo-dir", str(YAHOO_DIR), "--tickers", "MSFT",
+            "--test-start", "2024-01-01", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    proc = lem(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"the weights are not the ones {LINEAGE} recorded for MLflow run {MODEL_RUN}" in proc.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["lem-evaluate"], output_format="list")
+    assert "lem.model_run_id" not in run.data.tags
+
+
+@pytest.mark.parametrize("case, edit, expected", [
+    ("horizon", lambda c: c | {"n_ahead": 12}, "n_ahead 6 in config.json, 12 in windows.json"),
+    ("missing field", lambda c: {k: v for k, v in c.items() if k != "val_start"}, "missing ['val_start']"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_windows_json_that_does_not_fit_the_model_is_one_line(model_dir: Path, tmp_path: Path, case, edit,
+                                                               expected) -> None:
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    meta = json.loads((bad / WINDOWS_META).read_text())
+    (bad / WINDOWS_META).write_text(json.dumps(meta | {"config": edit(meta["config"])}))
+    proc = lem(["--model", str(bad), "--yahoo-dir", str(YAHOO_DIR), "--tickers", "MSFT",
+                "--test-start", TEST_START.isoformat(), "--out", str(tmp_path / "out")], tmp_path)
+    [line] = proc.stderr.splitlines()
+    assert proc.returncode == 2 and line.startswith(f"lem evaluate: --model {bad}: corrupt trained-model directory")
+    assert expected in line
