@@ -57,6 +57,8 @@ def check_args(args: argparse.Namespace) -> tuple[date, date | None]:
     start, end = parse_date("--test-start", args.test_start), parse_date("--test-end", args.test_end)
     if end is not None and end < start:
         raise UserError(f"--test-end {end} is before --test-start {start}")
+    if start > date.today():
+        raise UserError(f"--test-start {start} is in the future: no bars to evaluate yet")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: not a directory")

@@ -97,6 +97,9 @@ def test_evaluates_msft_with_the_models_windows(model_dir: Path, tmp_path: Path,
     ("missing model", ["--model", "{tmp}/no-model"], ("--model {tmp}/no-model", "no such trained-model directory")),
     ("unknown ticker", ["--tickers", "MSFT,NOPE"], ("--tickers NOPE", "NOPE.csv")),
     ("too few bars", ["--test-start", "2024-12-20"], ("too few bars for one test window", "needs 36 bars", "MSFT has 0 from it")),
+    ("future start", ["--test-start", "2999-01-01"], ("--test-start 2999-01-01 is in the future",)),
+    ("zero frequency", ["--freq-min", "0"], ("--freq-min 0 must be a positive number of minutes",)),
+    ("no such device", ["--device", "tpu9"], ("--device 'tpu9': not a device",)),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_mistakes_end_with_one_line_and_status_2(model_dir: Path, tmp_path: Path, case, argv, expected) -> None:
     args = {"--model": str(model_dir), "--yahoo-dir": str(YAHOO_DIR), "--tickers": "MSFT",
