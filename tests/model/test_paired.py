@@ -43,7 +43,7 @@ def test_block_interval_covers_the_true_mean_and_iid_does_not():
         blocks.append(p.block_length)
         block_hits += p.ci95[0] <= TRUE_MEAN <= p.ci95[1]
         # The same bootstrap treating every window as its own date with blocks of one: i.i.d.
-        lo, hi = block_bootstrap_mean(values, np.arange(len(values)), block=1, seed=seed)
+        lo, hi = block_bootstrap_mean(values, np.arange(len(values)), block=1, seed=seed, resamples=2000)
         iid_hits += lo <= TRUE_MEAN <= hi
     print(f"\n95% intervals covering the true mean in {TRIALS} AR(1) trials (phi {PHI}, {DATES} dates x "
           f"{PER_DATE} windows): moving-block over dates {block_hits}, i.i.d. {iid_hits}; "
