@@ -142,7 +142,8 @@ PRESETS: dict[str, Preset] = {
             # 1/2 (TrainConfig.tracking_curvature). The goal asks whether each interval clears 0,
             # which is scale-free: it does when the mean exceeds its distance from the lower bound.
             # So the curvature was chosen on the smallest clearance, mean / (mean - lower bound),
-            # over the 20 cells of minimum periods 1-10 on validation, on two seeds: 1/2 gives
+            # over the 20 cells of minimum periods 1-10 on validation, on two seeds (intervals of
+            # 2,000 resamples, before the standard error's fix in lem_model.paired): 1/2 gives
             # 1.222 (seed 0, buys at 10 +0.55 [+0.10, +0.93]) and 1.174 (seed 1, +0.54 [+0.08,
             # +0.94]); softplus's own 1/8, 1.096 and 1.096 (sells at 10 +1.95 [+0.17, +3.38]); 1/32,
             # 0.923 (sells at 10 +6.45 [-0.54, +11.52], straying toward the drift bet); the
