@@ -4,11 +4,11 @@ error of 0 clears it or not by the seed. This recomputes the vs-rule intervals o
 folder with seeds 0..k-1 and prints, per side and minimum period, the spread of the lower bound
 and how many seeds put it above 0.
 
-    python benchmarks/bootstrap_seeds.py EVALUATION_DIR [--seeds 50] [--resamples 2000] [--periods 9 10]
+    python benchmarks/bootstrap_seeds.py EVALUATION_DIR [--seeds 50] [--resamples 20000] [--periods 9 10]
 
 EVALUATION_DIR is what an equity evaluation writes (``$LEM_DATA_DIR/evaluation/equity``, or a
 ``lem evaluate --out`` folder): its ``slippage.npz`` and ``test_index.parquet``. Seconds to a
-minute on 2 cores.
+minute on 2 cores. ``--resamples`` defaults to the summary's (lem_model.paired.DEFAULT_RESAMPLES).
 """
 
 from __future__ import annotations

@@ -33,9 +33,10 @@ import numpy as np
 from lem_model.evaluate import SIDES, EvalArrays
 from lem_model.vocabulary import OrderKind, Side, Target
 
-# Enough that the bounds are not a draw of the seed: with 2,000, dow30_cpu's lower bound at
-# buys 10 moved between -0.049 and +0.017 bps over 50 seeds (its half-width 0.42), above 0 in 15;
-# the Monte Carlo spread shrinks as 1 / sqrt(resamples).
+# A bound's Monte Carlo spread over seeds shrinks as 1 / sqrt(resamples). With 2,000, dow30_cpu's
+# lower bound at buys 10 moved between -0.049 and +0.017 bps over 50 seeds (its half-width 0.42),
+# above 0 in 15; with 20,000, between -0.015 and +0.000 over 10: small, not nothing, next to a
+# bound that close to 0 (benchmarks/bootstrap_seeds.py measures it for any evaluation).
 DEFAULT_RESAMPLES = 20_000
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95

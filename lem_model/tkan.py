@@ -159,8 +159,8 @@ def run_recurrence(loops: RecurrenceLoops, *args: torch.Tensor) -> torch.Tensor:
 
 def float32_recurrence(*args: torch.Tensor, loop) -> torch.Tensor:
     """The no-grad forward loop in the precision TKANRecurrence trains in: under CUDA's bf16
-    autocast, float32 (its ``custom_fwd(cast_inputs=float32)``), so evaluation and serving
-    compute what training computed; otherwise the inputs' own precision."""
+    autocast, float32 (its ``custom_fwd(cast_inputs=float32)``), so a forward under autocast
+    computes the recurrence as training did; otherwise the inputs' own precision."""
     device = args[0].device.type
     if not torch.is_autocast_enabled(device):
         return loop(*args, keep=False)[0]

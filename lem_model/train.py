@@ -358,9 +358,9 @@ def evaluate_loss(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, 
         for x, vol, px in loader:
             x, vol, px = x.to(device), vol.to(device), px.to(device)
             lo, hi = rates(len(x), n_ahead, cfg, device)
-            with autocast(device):
-                alloc = model(x, lo, hi)
-            alloc = alloc.float()
+            # float32, no bf16 autocast on CUDA: selection judges the precision the tables
+            # (lem_model.evaluate) and the live policy use.
+            alloc = model(x, lo, hi).float()
             loss = objective(alloc, vol, px, cfg).item()
             m = execution_metrics(alloc.double(), vol.double(), px.double())
             totals += len(x) * torch.tensor([loss, vs_rule_bps(alloc, vol, px), *[m[k] for k in METRIC_NAMES]],
@@ -462,6 +462,7 @@ def train(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        scheduler.patience = cfg.lr_patience - 1  # a state saved with torch's own count resumes with Keras's
         stopper.load_state_dict(saved["early_stopping"])
         if averaged is not None:
             averaged.load_state_dict(saved["averaged"])

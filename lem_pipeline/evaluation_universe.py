@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lem_pipeline.bars import ResampleConfig, daily_bars, resample_klines
+from lem_pipeline.bars import DAILY_MINUTES, ResampleConfig, daily_bars, resample_klines
 from lem_pipeline.errors import UserError
 from lem_pipeline.partitions import next_month
 from lem_pipeline.presets import Preset
@@ -52,8 +52,12 @@ def _validated(model, df: pl.DataFrame, what: str) -> pl.DataFrame:
     raise UserError(f"{what}: {len(failures)} failing (check, row) pairs, the first {describe_failures(failures, 1)}")
 
 
-def yahoo_bars(directory: Path, tickers: Sequence[str], test_end: date | None) -> list[pl.DataFrame]:
-    """Daily bars of each ticker from ``{directory}/{TICKER}.csv``, all of its history up to ``test_end``."""
+def yahoo_bars(directory: Path, tickers: Sequence[str], test_end: date | None, *, cfg: WindowConfig,
+               test_start: date) -> list[pl.DataFrame]:
+    """Daily bars of each ticker from ``{directory}/{TICKER}.csv``, all of its history up to
+    ``test_end`` (the window starts keep the phase they had in training), validated from the
+    warm-up on: the bars a test window reads. An old bad row no test window sees is not ours
+    to refuse."""
     source = CsvDirectorySource(directory)
     out = []
     for ticker in tickers:
@@ -64,7 +68,9 @@ def yahoo_bars(directory: Path, tickers: Sequence[str], test_end: date | None) -
         except YahooSourceError as e:
             raise UserError(f"--tickers {ticker}: {e}") from e
         daily = daily.select(pl.lit(ticker).alias("ticker"), pl.all())
-        out.append(daily_bars(_validated(DailyBars, daily, f"--tickers {ticker}: {source.describe(ticker)}")))
+        read = daily.filter(pl.col("date") >= warmup_start(cfg, DAILY_MINUTES, test_start))
+        _validated(DailyBars, read, f"--tickers {ticker}: {source.describe(ticker)}")
+        out.append(daily_bars(daily))
     return out
 
 

@@ -101,7 +101,9 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         partitions_def=kparts,
         group_name="ingest",
         kinds={"polars", "parquet"},
-        check_specs=_bar_checks("binance_klines", "pandera KlineBars", "missing candles inside the month"),
+        check_specs=_bar_checks("binance_klines", "pandera KlineBars",
+                                "missing candles in the month, before its first row and after its last included "
+                                "(a pair's listing month counts the hours before its listing)"),
         description="Binance Data Vision klines, one Parquet per symbol and month, checksum-verified.",
     )
     def binance_klines(context: AssetExecutionContext, lake: DataLake, binance: BinanceSource):

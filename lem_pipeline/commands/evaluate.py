@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from lem_pipeline.commands.model_source import load_model_source, model_run_id
@@ -57,7 +57,7 @@ def check_args(args: argparse.Namespace) -> tuple[date, date | None]:
     start, end = parse_date("--test-start", args.test_start), parse_date("--test-end", args.test_end)
     if end is not None and end < start:
         raise UserError(f"--test-end {end} is before --test-start {start}")
-    if start > date.today():
+    if start > datetime.now(timezone.utc).date():  # the UTC day, as the Data Vision months
         raise UserError(f"--test-start {start} is in the future: no bars to evaluate yet")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -84,10 +84,11 @@ def check_device(name: str) -> None:
         device = resolve_device(name)
     except RuntimeError as e:
         raise UserError(f"--device {name!r}: not a device (cpu, cuda or auto)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this torch build or machine has no CUDA device")
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: cpu, cuda or auto")
+        raise UserError(f"--device {name}: cpu, cuda or auto (the evaluation runs in float64 where MPS has none)")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise UserError(f"--device {name}: this torch build or machine has no such CUDA device "
+                        f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -104,7 +105,7 @@ def evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--model {args.model}: a {cfg.seasonality} (crypto) model; give --binance-url and "
                             "--symbols, not --yahoo-dir")
         names = parse_list("--tickers", args.tickers)
-        series = universe.yahoo_bars(Path(args.yahoo_dir), names, test_end)
+        series = universe.yahoo_bars(Path(args.yahoo_dir), names, test_end, cfg=cfg, test_start=test_start)
         what = f"--tickers {','.join(names)}"
     else:
         if dataset != "crypto":

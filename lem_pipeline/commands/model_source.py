@@ -92,10 +92,16 @@ def model_run_id(source: str, model) -> str | None:
         lineage = read_lineage(Path(source))
     except ValueError as e:  # not JSON
         raise UserError(f"--model {source}: corrupt {LINEAGE} ({quote(e)})") from e
-    if not lineage:
+    if lineage is None:
         return None
-    if lineage.get("weights_sha256") != weights_digest(model):
+    if not isinstance(lineage, dict) or not lineage.get("mlflow_run_id"):
+        raise UserError(f"--model {source}: corrupt {LINEAGE} (no mlflow_run_id)")
+    if not lineage.get("weights_sha256"):
+        print(f"warning: --model {source}: {LINEAGE} records no weights digest for MLflow run "
+              f"{lineage['mlflow_run_id']}; the evaluation is tied to no training run", file=sys.stderr)
+        return None
+    if lineage["weights_sha256"] != weights_digest(model):
         print(f"warning: --model {source}: the weights are not the ones {LINEAGE} recorded for MLflow run "
-              f"{lineage.get('mlflow_run_id')}; the evaluation is tied to no training run", file=sys.stderr)
+              f"{lineage['mlflow_run_id']}; the evaluation is tied to no training run", file=sys.stderr)
         return None
     return lineage.get("mlflow_run_id")

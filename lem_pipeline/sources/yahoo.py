@@ -32,7 +32,8 @@ class DailyBarSource(Protocol):
     def describe(self, ticker: str) -> str: ...
 
 
-_VALUES = ["open", "high", "low", "close", "adj_close", "volume"]
+_PRICES = ["open", "high", "low", "close", "adj_close"]
+_VALUES = [*_PRICES, "volume"]
 
 
 def _finish(df: pl.DataFrame, start: date, end: date, what: str) -> pl.DataFrame:
@@ -40,8 +41,9 @@ def _finish(df: pl.DataFrame, start: date, end: date, what: str) -> pl.DataFrame
 
     A date is the exchange's local date: a timestamp with an offset keeps its own day, never the
     UTC one (``2020-01-02 00:00+09:00`` is 2020-01-02). Yahoo marks a day it has no prices for
-    with a row of nulls: those rows are dropped and logged with their dates. A row with some
-    values and not others is corrupt, and is an error naming it.
+    with a row of null prices (its volume null or 0), and some days come with prices and no
+    volume: those rows are dropped and logged with their dates. A row with some prices and not
+    others is corrupt, and is an error naming it.
     """
     when = pl.col("date")
     if df.schema["date"] == pl.String:
@@ -58,17 +60,19 @@ def _finish(df: pl.DataFrame, start: date, end: date, what: str) -> pl.DataFrame
         raise YahooSourceError(f"{what}: {len(undated)} row(s) without a YYYY-MM-DD date, the first "
                                f"{row['date'][0]!r} (data row {row['row'][0] + 1})")
     typed = typed.filter(pl.col("date").is_between(start, end, closed="both"))
-    nulls = pl.sum_horizontal(pl.col(_VALUES).is_null())
-    partial = typed.filter((nulls > 0) & (nulls < len(_VALUES)))
+    missing_prices = pl.sum_horizontal(pl.col(_PRICES).is_null())
+    partial = typed.filter((missing_prices > 0) & (missing_prices < len(_PRICES)))
     if len(partial):
-        raise YahooSourceError(f"{what}: {len(partial)} row(s) with some values missing, the first on "
-                               f"{partial['date'][0]}; refused (a day Yahoo has no prices for is all nulls)")
-    empty = typed.filter(nulls == len(_VALUES))
-    if len(empty):
-        log.warning("%s: dropped %d day(s) Yahoo gives no prices for (rows of nulls): %s", what, len(empty),
-                    ", ".join(str(d) for d in empty["date"].head(10)) + (", ..." if len(empty) > 10 else ""))
+        raise YahooSourceError(f"{what}: {len(partial)} row(s) with some prices missing, the first on "
+                               f"{partial['date'][0]}; refused (a day Yahoo has no prices for has none)")
+    for label, dropped in (("no prices for", missing_prices == len(_PRICES)),
+                           ("prices but no volume for", (missing_prices == 0) & pl.col("volume").is_null())):
+        days = typed.filter(dropped)["date"]
+        if len(days):
+            log.warning("%s: dropped %d day(s) Yahoo gives %s: %s", what, len(days), label,
+                        ", ".join(str(d) for d in days.head(10)) + (", ..." if len(days) > 10 else ""))
     return (
-        typed.filter(nulls == 0)
+        typed.filter(pl.sum_horizontal(pl.col(_VALUES).is_null()) == 0)
         .with_columns((pl.col("volume") * pl.col("adj_close")).alias("quote_volume"))
         .select(DAILY_COLUMNS)
         .sort("date")

@@ -90,7 +90,8 @@ def test_compiled_model_on_cuda_equals_eager():
 
 @pytest.mark.parametrize("cfg", [TINY, GATE], ids=["reference-allocator", "finish-gate"])
 def test_bf16_autocast_keeps_the_output_contract(cfg):
-    """What training and evaluation run on a GPU: bf16 autocast with the recurrence in float32."""
+    """What training runs on a GPU: bf16 autocast with the recurrence in float32 (validation,
+    evaluation and serving run in float32)."""
     model = scrambled(cfg, 5, scale=0.1).to(CUDA)
     x = inputs(cfg, 8, 5).to(CUDA)
     lo, hi = rates(8, CUDA)

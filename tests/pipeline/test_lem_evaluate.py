@@ -100,6 +100,7 @@ def test_evaluates_msft_with_the_models_windows(model_dir: Path, tmp_path: Path,
     ("future start", ["--test-start", "2999-01-01"], ("--test-start 2999-01-01 is in the future",)),
     ("zero frequency", ["--freq-min", "0"], ("--freq-min 0 must be a positive number of minutes",)),
     ("no such device", ["--device", "tpu9"], ("--device 'tpu9': not a device",)),
+    ("no such gpu", ["--device", "cuda:7"], ("--device cuda:7: this torch build or machine has no such CUDA device",)),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_mistakes_end_with_one_line_and_status_2(model_dir: Path, tmp_path: Path, case, argv, expected) -> None:
     args = {"--model": str(model_dir), "--yahoo-dir": str(YAHOO_DIR), "--tickers": "MSFT",
@@ -163,9 +164,13 @@ def test_an_open_ended_crypto_span_reaches_past_the_months_before_the_first_publ
     assert summary["first_start"].startswith("2020-01") and summary["last_start"].startswith("2021-11")
 
 
-def test_bars_the_pipeline_would_refuse_are_refused_naming_the_row(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("day, refused", [("2021-08-02", True), ("2001-08-02", False)], ids=["read", "before-warm-up"])
+def test_bars_the_pipeline_would_refuse_are_refused_naming_the_row(model_dir: Path, tmp_path: Path, day: str,
+                                                                  refused: bool) -> None:
+    """A bar a test window reads (from the warm-up on) that the ingest would refuse ends it with
+    one line naming the row; one from years before any test window's warm-up is not ours to refuse."""
     lines = (YAHOO_DIR / "MSFT.csv").read_text().splitlines()
-    bad_row = next(i for i, ln in enumerate(lines) if ln.startswith("2021-08-02"))
+    bad_row = next(i for i, ln in enumerate(lines) if ln.startswith(day))
     fields = lines[bad_row].split(",")
     fields[-1] = "-" + fields[-1]  # a negative volume
     lines[bad_row] = ",".join(fields)
@@ -173,10 +178,13 @@ def test_bars_the_pipeline_would_refuse_are_refused_naming_the_row(model_dir: Pa
     (tmp_path / "yahoo" / "MSFT.csv").write_text("\n".join(lines) + "\n")
     argv = ["--model", str(model_dir), "--yahoo-dir", str(tmp_path / "yahoo"), "--tickers", "MSFT",
             "--test-start", TEST_START.isoformat(), "--out", str(tmp_path / "out")]
-    proc = lem(argv, tmp_path)
+    proc = lem(argv + ([] if refused else ["--device", "cpu"]), tmp_path)
+    if not refused:
+        assert proc.returncode == 0, proc.stderr
+        return
     [line] = proc.stderr.splitlines()
     assert proc.returncode == 2 and line.startswith("lem evaluate: --tickers MSFT: "), proc.stderr
-    assert "date=2021-08-02" in line and "volume" in line
+    assert f"date={day}" in line and "volume" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -88,24 +88,33 @@ def _csv_with(tmp_path, ticker: str, edit) -> CsvDirectorySource:
     return CsvDirectorySource(tmp_path)
 
 
-def test_a_day_of_nulls_is_dropped_and_logged_with_its_date(tmp_path, caplog):
+def test_days_without_prices_or_volume_are_dropped_and_logged_with_their_dates(tmp_path, caplog):
     whole = CsvDirectorySource(YAHOO_DIR).load("KO", START, END)
-    day = whole["date"][100]
-    src = _csv_with(tmp_path, "KO", lambda ls: [f"{day},null,null,null,null,null,null" if ln.startswith(str(day)) else ln
-                                               for ln in ls])
+    no_prices, no_volume = str(whole["date"][100]), str(whole["date"][200])
+
+    def edit(lines):
+        out = []
+        for ln in lines:
+            if ln.startswith(no_prices):
+                ln = f"{no_prices},null,null,null,null,null,0"
+            elif ln.startswith(no_volume):
+                ln = ln.rsplit(",", 1)[0] + ",null"
+            out.append(ln)
+        return out
     with caplog.at_level("WARNING", logger=yahoo.__name__):
-        out = src.load("KO", START, END)
-    assert_frame_equal(out, whole.filter(pl.col("date") != day))
-    assert f"dropped 1 day(s) Yahoo gives no prices for (rows of nulls): {day}" in caplog.text and "KO.csv" in caplog.text
+        out = _csv_with(tmp_path, "KO", edit).load("KO", START, END)
+    assert_frame_equal(out, whole.filter(~pl.col("date").cast(pl.String).is_in([no_prices, no_volume])))
+    assert f"dropped 1 day(s) Yahoo gives no prices for: {no_prices}" in caplog.text
+    assert f"dropped 1 day(s) Yahoo gives prices but no volume for: {no_volume}" in caplog.text and "KO.csv" in caplog.text
 
 
-def test_a_row_missing_some_values_is_refused_naming_its_date(tmp_path):
+def test_a_row_missing_some_prices_is_refused_naming_its_date(tmp_path):
     def blank_adj_close(lines):
         f = lines[5].split(",")
         f[5] = ""
         return lines[:5] + [",".join(f)] + lines[6:]
     day = (YAHOO_DIR / "KO.csv").read_text().splitlines()[5].split(",")[0]
-    with pytest.raises(YahooSourceError, match=rf"KO: .*KO\.csv: 1 row\(s\) with some values missing, the first on {day}"):
+    with pytest.raises(YahooSourceError, match=rf"KO: .*KO\.csv: 1 row\(s\) with some prices missing, the first on {day}"):
         _csv_with(tmp_path, "KO", blank_adj_close).load("KO", START, END)
 
 
