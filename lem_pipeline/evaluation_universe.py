@@ -23,7 +23,7 @@ import polars as pl
 
 from lem_pipeline.bars import DAILY_MINUTES, ResampleConfig, daily_bars, resample_klines
 from lem_pipeline.errors import UserError
-from lem_pipeline.partitions import next_month
+from lem_pipeline.partitions import next_month, utc_midnight
 from lem_pipeline.presets import Preset
 from lem_pipeline.schemas import DailyBars, KlineBars, describe_failures, validate
 from lem_pipeline.sources.binance import BinanceDataVision, DataVisionError, KlineStream, interval_seconds, read_month
@@ -33,13 +33,9 @@ from lem_pipeline.windows import BuildReport, WindowConfig, build_windows
 BRIDGE_MINUTES = Preset.bridge_minutes  # the presets' default outage bridging (a model does not record its own)
 
 
-def _day_start(d: date) -> datetime:
-    return datetime.combine(d, datetime.min.time(), timezone.utc)
-
-
 def cut_at(bars: pl.DataFrame, test_end: date | None) -> pl.DataFrame:
     """Bars opening on or before ``test_end`` (all of them without one)."""
-    return bars if test_end is None else bars.filter(pl.col("open_time") < _day_start(test_end + timedelta(days=1)))
+    return bars if test_end is None else bars.filter(pl.col("open_time") < utc_midnight(test_end + timedelta(days=1)))
 
 
 def _validated(model, df: pl.DataFrame, what: str) -> pl.DataFrame:
@@ -145,7 +141,7 @@ def build_test_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, test_s
     if report.counts["test"]:
         return report
     after, before = needed_bars(cfg)
-    t0 = _day_start(test_start)
+    t0 = utc_midnight(test_start)
     have = ", ".join(f"{s['symbol'][0]} has {int((s['open_time'] >= t0).sum())} from it and "
                      f"{int((s['open_time'] < t0).sum())} before" for s in series if len(s))
     span = f"from --test-start {test_start}" + (f" to --test-end {test_end}" if test_end else "")

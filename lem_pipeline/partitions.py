@@ -3,7 +3,7 @@ per ticker. The schedules ask for partitions by the same definitions."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timezone
 
 import dagster as dg
 
@@ -26,3 +26,8 @@ def ticker_partitions(preset: Preset) -> dg.StaticPartitionsDefinition:
 
 def next_month(d: date) -> date:
     return date(d.year + d.month // 12, d.month % 12 + 1, 1)
+
+
+def utc_midnight(d: date) -> datetime:
+    """The start of day ``d`` in UTC, the clock of Data Vision's files and of the bars."""
+    return datetime.combine(d, datetime.min.time(), timezone.utc)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from lem_pipeline.partitions import klines_partitions
+from lem_pipeline.partitions import klines_partitions, utc_midnight
 from lem_pipeline.presets import Preset
 
 REFRESH_TAG = "lem/refresh"
@@ -70,7 +70,7 @@ def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) 
     new = [str(dg.MultiPartitionKey({"symbol": s.symbol, "month": month.strftime("%Y-%m-%d")})) for s in preset.streams]
     done = instance.get_materialized_partitions(KLINES)
     wanted = [k for k in new if k in valid and k not in done]
-    before = closed_month(datetime.combine(month, datetime.min.time(), timezone.utc))
+    before = closed_month(utc_midnight(month))
     recent = {m.strftime("%Y-%m-%d") for m in (month, before)}
     wanted += sorted(k for k in partitions_to_ask_again(instance, KLINES, recent) if k in valid and k not in wanted)
     return [dg.RunRequest(run_key=run_key("klines", k, at), partition_key=k, tags={REFRESH_TAG: month.strftime("%Y-%m")})

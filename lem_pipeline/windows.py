@@ -66,13 +66,13 @@ class WindowConfig:
         """The config a windows directory was built with (its meta.json, see :func:`read_meta`);
         a ValueError naming the fields for one that is not such a config."""
         c = dict(meta.get("config") or {})
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
         # the split dates, and what has no default (a field added later keeps its default)
-        required = {"val_start", "test_start"} | {f.name for f in dataclasses.fields(cls)
-                                                  if f.default is dataclasses.MISSING}
-        if c.keys() - fields or required - c.keys():
+        required = {"val_start", "test_start"} | {f.name for f in fields if f.default is dataclasses.MISSING}
+        if c.keys() - names or required - c.keys():
             raise ValueError(f"not a windows config: missing {sorted(required - c.keys())}, "
-                             f"unknown {sorted(c.keys() - fields)}")
+                             f"unknown {sorted(c.keys() - names)}")
         for k in ("val_start", "test_start"):
             c[k] = date.fromisoformat(c[k])
         return cls(**c)

@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext
 
 from lem_model.failpoints import failpoint
 from lem_pipeline.lake import DataLake, write_parquet_atomic
-from lem_pipeline.partitions import klines_partitions, next_month, ticker_partitions
+from lem_pipeline.partitions import klines_partitions, next_month, ticker_partitions, utc_midnight
 from lem_pipeline.presets import Preset
 from lem_pipeline.reporting import markdown
 from lem_pipeline.resources import BinanceSource, YahooSource
@@ -66,19 +66,18 @@ def _month_frame(files: MonthFiles, stream: KlineStream, month, sources: str) ->
     return df.select("symbol", *[c for c in df.columns if c != "symbol"])
 
 
-def _kline_gaps(df: pl.DataFrame, step_s: int, start: datetime, end: datetime) -> dict:
+def _kline_gaps(df: pl.DataFrame, step: timedelta, start: datetime, end: datetime) -> dict:
     """Candles missing from a month's rows, which open in [start, end): between rows, and before
     the first and after the last (a truncated archive can pass its checksum). A month without
     rows is not listed, which the asset reports on its own."""
     if df.is_empty():
         return {"missing_bars": 0, "gaps": 0, "gap_list": "none"}
-    step = timedelta(seconds=step_s)
     # The period's edges as rows: one step before the start, and the end; a gap is then a diff
     # of more than one step, wherever it is.
     times = pl.concat([pl.Series("open_time", [start - step, end], pl.Datetime("us", "UTC")), df["open_time"]]).sort()
     gaps = times.to_frame().select(
         pl.col("open_time").shift(1).alias("after"),
-        (pl.col("open_time").diff().dt.total_seconds() // step_s - 1).alias("missing"),
+        (pl.col("open_time").diff().dt.total_seconds() // step.total_seconds() - 1).alias("missing"),
     ).filter(pl.col("missing") > 0).with_columns(
         pl.when(pl.col("after") < start).then(pl.lit("(period start)"))
         .otherwise(pl.col("after").dt.to_string("%Y-%m-%d %H:%M")).alias("after"))
@@ -116,14 +115,12 @@ def build_ingest_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             context.log.info(f"{r.status}: {r.url}")
         sources = ", ".join(r.url for r in files.results)
         step = timedelta(seconds=interval_seconds(stream.interval))
-        month_start = datetime.combine(month, datetime.min.time(), timezone.utc)
-        month_end = datetime.combine(next_month(month), datetime.min.time(), timezone.utc)
+        month_start, month_end = utc_midnight(month), utc_midnight(next_month(month))
         # The current month is published in daily files up to yesterday.
-        published_end = min(month_end, datetime.combine(datetime.now(timezone.utc).date(), datetime.min.time(),
-                                                        timezone.utc))
+        published_end = min(month_end, utc_midnight(datetime.now(timezone.utc).date()))
         try:
             df = _month_frame(files, stream, month, sources)
-            gaps = _kline_gaps(df, int(step.total_seconds()), month_start, published_end)
+            gaps = _kline_gaps(df, step, month_start, published_end)
             checks = _validated(context, KlineBars, df, gaps, f"{stream.symbol} {month:%Y-%m} ({sources})")
         except (DataVisionError, dg.Failure):
             client.evict(files.paths)  # a bad archive must be downloaded again, not reused from the cache

@@ -96,12 +96,12 @@ def model_run_id(source: str, model) -> str | None:
         return None
     if not isinstance(lineage, dict) or not lineage.get("mlflow_run_id"):
         raise UserError(f"--model {source}: corrupt {LINEAGE} (no mlflow_run_id)")
+    run = lineage["mlflow_run_id"]
     if not lineage.get("weights_sha256"):
-        print(f"warning: --model {source}: {LINEAGE} records no weights digest for MLflow run "
-              f"{lineage['mlflow_run_id']}; the evaluation is tied to no training run", file=sys.stderr)
-        return None
-    if lineage["weights_sha256"] != weights_digest(model):
-        print(f"warning: --model {source}: the weights are not the ones {LINEAGE} recorded for MLflow run "
-              f"{lineage['mlflow_run_id']}; the evaluation is tied to no training run", file=sys.stderr)
-        return None
-    return lineage.get("mlflow_run_id")
+        why = f"{LINEAGE} records no weights digest for MLflow run {run}"
+    elif lineage["weights_sha256"] != weights_digest(model):
+        why = f"the weights are not the ones {LINEAGE} recorded for MLflow run {run}"
+    else:
+        return run
+    print(f"warning: --model {source}: {why}; the evaluation is tied to no training run", file=sys.stderr)
+    return None
