@@ -122,6 +122,8 @@ class LEMConfig:
     @classmethod
     def from_json(cls, text: str) -> LEMConfig:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a LEMConfig: a JSON {type(data).__name__}, not an object")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

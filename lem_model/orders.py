@@ -12,6 +12,12 @@ BENCHMARKS = tuple(b.name.lower() for b in Benchmark)
 TARGETS = tuple(t.name.lower() for t in Target)
 
 
+def paper_min_rate(n_ahead: int) -> float:
+    """The paper's least fraction of the order per bar, 1 / N^2: the rate the model is trained,
+    evaluated, registered and served with unless an order states its own."""
+    return 1.0 / n_ahead**2
+
+
 @dataclass(frozen=True)
 class Order:
     """One order: buy or sell, a fixed quantity (``volume``) or a fixed ``notional``, beating

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lem_model.model import LargeExecutionModel
+from lem_model.orders import paper_min_rate
 
 
 class FixedRateLEM(nn.Module):
@@ -14,7 +15,7 @@ class FixedRateLEM(nn.Module):
     def __init__(self, model: LargeExecutionModel, min_rate: float | None = None, max_rate: float = 1.0) -> None:
         super().__init__()
         self.model = model
-        self.min_rate = min_rate if min_rate is not None else 1.0 / model.cfg.n_ahead**2
+        self.min_rate = min_rate if min_rate is not None else paper_min_rate(model.cfg.n_ahead)
         self.max_rate = max_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from lem_model.devices import autocast, keep_freed_memory, resolve_device
 from lem_model.loss import SOFTPLUS_CURVATURE, aligned_loss, lem_loss
 from lem_model.metrics import METRIC_NAMES, execution_metrics, slippage_bps
 from lem_model.model import LargeExecutionModel
+from lem_model.orders import paper_min_rate
 from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
 from lem_model.vocabulary import OrderKind, Target
 
@@ -219,7 +220,7 @@ def objective(alloc: torch.Tensor, volumes: torch.Tensor, prices: torch.Tensor, 
 
 
 def rates(batch: int, n_ahead: int, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    lo = cfg.min_rate if cfg.min_rate is not None else 1.0 / n_ahead**2
+    lo = cfg.min_rate if cfg.min_rate is not None else paper_min_rate(n_ahead)
     return torch.full((batch,), lo, device=device), torch.full((batch,), cfg.max_rate, device=device)
 
 

@@ -8,3 +8,12 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """A bad input, named in the message (the file, URL, argument or variable, and what is wrong)."""
+
+
+_MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
+
+
+def quote(e: BaseException) -> str:
+    """The first sentence of an underlying error, short enough for a one-line message."""
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {first[:_MESSAGE_CHARS]}"

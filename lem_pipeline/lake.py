@@ -67,8 +67,17 @@ class DataLake(dg.ConfigurableResource):
     def klines_file(self, stream: KlineStream, month: date) -> Path:
         return self._klines_dir(stream) / f"{month:%Y-%m}.parquet"
 
-    def klines_files(self, stream: KlineStream) -> list[Path]:
-        return sorted(self._klines_dir(stream).glob("*.parquet"))
+    def klines_files(self, stream: KlineStream, first: date | None = None, last: date | None = None) -> list[Path]:
+        """The stream's monthly files, of the months ``first`` .. ``last`` (inclusive; None: open)
+        only: a data directory shared by presets holds months another preset asked for."""
+        def month(f: Path) -> date:
+            try:
+                return date.fromisoformat(f"{f.stem}-01")
+            except ValueError:
+                raise ValueError(f"{f}: not a month's klines (YYYY-MM.parquet) in the lake") from None
+
+        return [f for f in sorted(self._klines_dir(stream).glob("*.parquet"))
+                if (first is None or month(f) >= first) and (last is None or month(f) <= last)]
 
     def daily_file(self, ticker: str) -> Path:
         return self.path / "yahoo" / f"{ticker}.parquet"

@@ -21,6 +21,7 @@ from lem_model.evaluate import EvalArrays, ScheduleBaselines, evaluate, headline
 from lem_model.failpoints import failpoint
 from lem_model.fileio import replaced_dir
 from lem_model.model import LargeExecutionModel
+from lem_model.orders import paper_min_rate
 from lem_model.saved_model import load_model
 from lem_model.window_dataset import WindowDataset
 from lem_pipeline import reporting, settings
@@ -100,14 +101,14 @@ def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, o
             baselines, cuts, fitted_on = fit_baselines(windows_dir, freq, rows, index[rows], costs)
             fits[freq] = fitted_on
             group = GroupContext(test, rows, index[rows], freq, cuts)
-            per_freq[freq] = evaluate(model, Subset(test, rows.tolist()), min_rate=1.0 / model.cfg.n_ahead**2,
+            per_freq[freq] = evaluate(model, Subset(test, rows.tolist()), min_rate=paper_min_rate(model.cfg.n_ahead),
                                       batch_size=batch_size, device=resolve_device(device), baselines=baselines,
                                       on_batch=lambda batch, group=group: log.add(batch, group))
         log.close()
         ledger = log.frame()
         curves = log.mean_allocations()
         ev = EvalArrays.combine([(groups[f], e) for f, e in per_freq.items()]) if per_freq else evaluate(
-            model, test, min_rate=1.0 / model.cfg.n_ahead**2, batch_size=batch_size, device=resolve_device(device))
+            model, test, min_rate=paper_min_rate(model.cfg.n_ahead), batch_size=batch_size, device=resolve_device(device))
         metrics = headline(ev)
         ev.save(tmp / SLIPPAGE_FILE)
         index.write_parquet(tmp / TEST_INDEX_FILE)

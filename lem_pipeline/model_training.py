@@ -118,7 +118,7 @@ class TrainingInProgressError(RuntimeError):
     """Another live process is running this very training (same key): two must not share it."""
 
 
-def _resumable_run(state_dir: Path, tracking: MLflowTracking, parent_run_id: str | None = None) -> str | None:
+def resumable_run(state_dir: Path, tracking: MLflowTracking, parent_run_id: str | None = None) -> str | None:
     """The MLflow run of an interrupted training with saved epochs in ``state_dir``, if any."""
     if not (state_dir / TRAINING_STATE).is_file():
         return None
@@ -140,6 +140,17 @@ def reopenable_run(state_dir: Path, tracking: MLflowTracking, parent_run_id: str
         raise TrainingInProgressError(f"{state_dir}: MLflow run {run_id} is training this model on these windows "
                                       f"now (pid {tags[MLFLOW_PID_TAG]}); wait for it or stop it")
     return run_id if tags.get(PARENT_TAG) == parent_run_id else None
+
+
+def log_missing_epochs(run_id: str, history: list[dict[str, float]]) -> list[int]:
+    """Log the epochs of ``history`` that the run has no metrics for, and return them: a process
+    killed after saving an epoch's training state but before logging it resumes after that
+    epoch, whose metrics only the saved state still holds."""
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")}
+    missing = [h for h in history if h["epoch"] not in logged]
+    for h in missing:
+        mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
+    return [int(h["epoch"]) for h in missing]
 
 
 class EpochProgress:
@@ -188,7 +199,7 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
     train_set, val_set = windows_splits(windows_dir)
     meta = train_set.meta
     tracking.fail_dead_runs([experiment])  # a killed run of this experiment is FAILED, not RUNNING
-    resume_id = _resumable_run(state_dir, tracking, parent_run_id)
+    resume_id = resumable_run(state_dir, tracking, parent_run_id)
     with tracked_training(tracking, experiment, model, train_cfg, meta, tags=tags, run_name=run_name,
                           params=params, resume_run_id=resume_id, parent_run_id=parent_run_id) as run:
         if resume_id is None:
@@ -212,6 +223,8 @@ def train_on_windows(model: LargeExecutionModel, windows_dir: Path, train_cfg: T
         if result.resumed_from_epoch is not None:  # epochs counted from 1 for people, everywhere
             log(f"resumed at epoch {result.resumed_from_epoch + 1} (the epochs before came from {state_dir})")
             mlflow.set_tag(RESUMED_TAG, str(result.resumed_from_epoch + 1))
+        if resume_id is not None:  # also a kill after the last epoch was saved: nothing left to train
+            log_missing_epochs(run.info.run_id, result.history)
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
         if model.cfg.rule_prior == "fitted":  # the rule its finish gate started as, fitted on the training windows
             thresholds = model.stop_thresholds.cpu()

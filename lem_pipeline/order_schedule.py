@@ -5,15 +5,16 @@ so a live decision sees exactly what the model was trained and evaluated on. Bar
 traded are padded (zero volume, last price): the causal model cannot read them.
 
 The bars are checked first (:func:`check_bars`): a model fed a NaN, a zero normaliser, two
-symbols interleaved or bars of another frequency returns a number, not an error, so every such
-input is refused here, naming the bar, before it reaches the model.
+symbols interleaved, intraday bars off their grid, or intraday bars to a daily model (or the
+reverse) returns a number, not an error, so every such input is refused here, naming the bar,
+before it reaches the model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 
 import numpy as np
 import polars as pl
@@ -65,6 +66,9 @@ def _check_series(bars: pl.DataFrame, cfg: WindowConfig, name: str) -> pl.DataFr
                         f"(bars need {', '.join(_required_columns(cfg))})")
     if bars.is_empty():
         raise UserError(f"{name}: no bars")
+    for column in ("symbol", "freq_min", "segment"):
+        if column in bars.columns and bars[column].null_count():
+            raise UserError(f"{name}: {bars[column].null_count()} bar(s) without a {column}")
     symbols = sorted(bars["symbol"].cast(pl.String).unique().to_list(), key=str)
     if len(symbols) > 1:
         raise UserError(f"{name}: bars of {len(symbols)} symbols interleaved ({', '.join(map(str, symbols))}); "
@@ -84,10 +88,19 @@ def _check_series(bars: pl.DataFrame, cfg: WindowConfig, name: str) -> pl.DataFr
                              else t.dt.convert_time_zone("UTC")).sort("open_time")
     if bars["open_time"].null_count():
         raise UserError(f"{name}: {bars['open_time'].null_count()} bar(s) without an open_time")
+    if freqs[0] == DAILY_MINUTES:  # the pipeline's daily bars open at 00:00 UTC: the calendar features read that day
+        off = bars.filter(t.dt.time() != time(0))["open_time"]
+        if len(off):
+            raise UserError(f"{name}: daily bars must open at 00:00 UTC; {len(off)} do not, the first at {off[0]}")
     duplicated = bars.filter(t.is_duplicated())["open_time"]
     if len(duplicated):
         raise UserError(f"{name}: {len(duplicated)} bars share an open time, the first at {duplicated[0]}")
-    return bars
+    # Float64 as the pipeline's bars (an equity file may hold whole-number volumes), so the
+    # padding of bars not yet traded concatenates; values that are not numbers are named.
+    try:
+        return bars.with_columns(pl.col(VALUE_COLUMNS).cast(pl.Float64))
+    except pl.exceptions.PolarsError as e:
+        raise UserError(f"{name}: {', '.join(VALUE_COLUMNS)} must be numbers ({type(e).__name__})") from e
 
 
 def _start_row(bars: pl.DataFrame, start: datetime | None, name: str) -> int:
@@ -109,7 +122,8 @@ def _valid(column: str) -> pl.Expr:
 
 def _check_rows_read(bars: pl.DataFrame, cfg: WindowConfig, r: int, known: int, name: str) -> None:
     """The bars the decisions read, [r - first_start, r + known): enough of them, every value
-    finite and not negative (VWAP positive), and some volume both in the lookback and in the bars whose mean volume scales it."""
+    finite and not negative (VWAP positive), intraday ones on their frequency's grid within a
+    segment, and some volume both in the lookback and in the bars whose mean volume scales it."""
     if r < cfg.first_start:
         raise UserError(f"{name}: need {cfg.first_start} bars of history before the execution start, have {r}")
     read = bars.slice(r - cfg.first_start, cfg.first_start + known)
@@ -120,6 +134,13 @@ def _check_rows_read(bars: pl.DataFrame, cfg: WindowConfig, r: int, known: int, 
             value = "null" if bad[column][0] is None else bad[column][0]
             raise UserError(f"{name}: {column} is {value} at {bad['open_time'][0]} ({len(bad)} such bars among the "
                             f"{len(read)} the model reads, from {read['open_time'][0]})")
+    freq = int(read["freq_min"][0])
+    if freq != DAILY_MINUTES:  # intraday bars of one segment lie on the frequency's grid (outages bridged)
+        step = read.with_columns(gap=pl.col("open_time").diff(), same=pl.col("segment") == pl.col("segment").shift())
+        off = step.filter(pl.col("same") & (pl.col("gap") != timedelta(minutes=freq)))
+        if len(off):
+            raise UserError(f"{name}: the bar at {off['open_time'][0]} is {off['gap'][0]} after the one before in the "
+                            f"same segment; {_frequency_label(freq)} are {freq} minutes apart")
     L = cfg.lookback
     for what, lo, hi in (("normaliser", r - L - cfg.norm_window, r - L), ("lookback", r - L, r)):
         part = bars.slice(lo, hi - lo)
@@ -161,12 +182,17 @@ def schedule_order(model: LargeExecutionModel, cfg: WindowConfig, bars: pl.DataF
                                            pl.lit(0.0).alias("volume"), pl.lit(0.0).alias("quote_volume"))
                          for t in pad_times])
     plan = plan_series(pl.concat([bars, padding]), cfg)
-    if not np.isfinite(plan.vol_norm[r + N - 1]):
-        raise UserError(f"{name}: a long outage (a new segment) inside the {cfg.first_start} bars before the "
-                        f"execution start {times[min(r, len(times) - 1)]}: start later")
     x, _, _ = cut_windows(plan, np.array([r]), cfg)
-    policy = LivePolicy(model, order)
     all_times = times + pad_times
+    # As training keeps a window only when every row it reads is finite: a new segment (a long
+    # outage) less than a normaliser's length before a row leaves its normalised volume unknown.
+    unknown = np.flatnonzero(~np.isfinite(x[0, : cfg.lookback + N - 1]).all(axis=1))
+    if len(unknown) or not np.isfinite(plan.vol_norm[r + N - 1]):
+        at = all_times[r - cfg.lookback + unknown[0]] if len(unknown) else all_times[r + N - 1]
+        raise UserError(f"{name}: a long outage (a new segment) inside the {cfg.first_start} bars before the "
+                        f"execution start {all_times[r]}: the bar at {at} has no normalised volume (fewer than "
+                        f"{cfg.norm_window} bars of its segment before it); start later")
+    policy = LivePolicy(model, order)
     steps = [ScheduledStep(s, all_times[r + s], policy.decide(x[0, : cfg.lookback + s])) for s in range(known + 1)]
     for s in steps:
         if not math.isfinite(s.decision.fraction):

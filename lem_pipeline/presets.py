@@ -186,7 +186,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str | None = None) -> Preset:
-    name = name or os.environ.get(settings.PRESET, "demo")
+    name = name or os.environ.get(settings.PRESET, settings.DEFAULT_PRESET)
     try:
         return PRESETS[name]
     except KeyError:

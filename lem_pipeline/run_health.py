@@ -28,6 +28,9 @@ HOST_TAG = "lem/host"
 MLFLOW_PID_TAG = "lem.pid"
 MLFLOW_STARTED_TAG = "lem.pid_started"
 MLFLOW_HOST_TAG = "lem.host"
+# On a run reopened by a later process (an evaluation logging into its finished training run, a
+# training resumed): the status it had. A reopening process that dies leaves it so, not FAILED.
+MLFLOW_REOPENED_TAG = "lem.status_before_reopen"
 _IN_PROGRESS = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
 
@@ -79,7 +82,8 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def fail_dead_mlflow_runs(tracking_uri: str, experiments: Iterable[str]) -> list[str]:
-    """Mark the MLflow runs still RUNNING whose process is gone as FAILED; returns their ids."""
+    """Mark the MLflow runs still RUNNING whose process is gone as FAILED (a finished run that a
+    later process reopened, as FINISHED again: its own work was done); returns their ids."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -91,7 +95,8 @@ def fail_dead_mlflow_runs(tracking_uri: str, experiments: Iterable[str]) -> list
     for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         if tags.get(MLFLOW_HOST_TAG) == host and tags.get(MLFLOW_PID_TAG) and not mlflow_run_alive(tags):
-            client.set_terminated(run.info.run_id, status="FAILED")
+            finished = tags.get(MLFLOW_REOPENED_TAG) == "FINISHED"
+            client.set_terminated(run.info.run_id, status="FINISHED" if finished else "FAILED")
             failed.append(run.info.run_id)
     return failed
 

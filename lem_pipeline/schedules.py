@@ -2,12 +2,14 @@
 
 Binance publishes a month's archive in the first days of the next month, so on the 2nd the
 refresh asks for the month just closed, for every configured symbol, skipping partitions that
-are already materialised. It also asks again for any partition whose latest materialisation
-names a file that is not on disk (an instance from before failed partitions stopped being
-recorded as materialised, or a file deleted since). Run keys carry the tick's time: a repeated
-evaluation of one tick is harmless, and a later tick can retry what failed. The Yahoo bars
-of every ticker are reloaded in the same refresh. When every run of a refresh has succeeded,
-the sensor launches one retrain-and-evaluate run for it.
+are already materialised. It also asks again for every partition still missing after a failed
+run (a failed partition is not materialised: ingest records only valid data written), and for
+any partition whose latest materialisation names a file that is not on disk (an instance from
+before failed partitions stopped being recorded as materialised, or a file deleted since). Run
+keys carry the tick's time: a repeated evaluation of one tick is harmless, and a later tick
+can retry what failed. The Yahoo bars of every ticker are reloaded in the same refresh. When
+the latest run of every partition of a refresh has succeeded, the sensor launches one
+retrain-and-evaluate run for it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from lem_pipeline.presets import Preset
 
 REFRESH_TAG = "lem/refresh"
 REFRESH_CRON = "0 6 2 * *"  # 06:00 UTC on the 2nd of each month
-INGEST_JOBS = ("crypto_ingest_job", "equity_ingest_job")
+KLINES_JOB = "crypto_ingest_job"
 KLINES = dg.AssetKey("binance_klines")
 PATH_METADATA = "path"  # the metadata entry of an ingest materialisation that names its Parquet
 LISTED_METADATA = "listed"  # binance_klines: whether the source had the month at all
+PARTITION_TAG = "dagster/partition"  # the partition key a run of a partitioned job carries
 
 
 def run_key(kind: str, partition: str, at: datetime) -> str:
@@ -61,9 +64,18 @@ def partitions_to_ask_again(instance: dg.DagsterInstance, asset_key: dg.AssetKey
     return again
 
 
+def failed_partitions(instance: dg.DagsterInstance, job: str) -> set[str]:
+    """Partitions of ``job`` that a run failed or was canceled on: missing unless a later run
+    materialised them."""
+    runs = instance.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.FAILURE,
+                                                                    dg.DagsterRunStatus.CANCELED]))
+    return {r.tags[PARTITION_TAG] for r in runs if PARTITION_TAG in r.tags}
+
+
 def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) -> list[dg.RunRequest]:
-    """The closed month's partitions not materialised, then every partition of the preset that
-    holds nothing (:func:`partitions_to_ask_again`; the last two closed months count as recent)."""
+    """The closed month's partitions not materialised; then, of the preset's partitions, every
+    one a run failed on that is still not materialised, and every one that holds nothing
+    (:func:`partitions_to_ask_again`; the last two closed months count as recent)."""
     parts = klines_partitions(preset)
     valid = set(parts.get_partition_keys(current_time=at))
     month = closed_month(at)
@@ -72,9 +84,19 @@ def klines_requests(preset: Preset, instance: dg.DagsterInstance, at: datetime) 
     wanted = [k for k in new if k in valid and k not in done]
     before = closed_month(utc_midnight(month))
     recent = {m.strftime("%Y-%m-%d") for m in (month, before)}
-    wanted += sorted(k for k in partitions_to_ask_again(instance, KLINES, recent) if k in valid and k not in wanted)
+    again = (failed_partitions(instance, KLINES_JOB) - done) | partitions_to_ask_again(instance, KLINES, recent)
+    wanted += sorted(k for k in again if k in valid and k not in wanted)
     return [dg.RunRequest(run_key=run_key("klines", k, at), partition_key=k, tags={REFRESH_TAG: month.strftime("%Y-%m")})
             for k in wanted]
+
+
+def latest_run_per_partition(runs: list[dg.DagsterRun]) -> list[dg.DagsterRun]:
+    """The newest run of each (job, partition): a failed run re-executed with success no longer
+    holds its refresh back (``get_runs`` lists the newest first)."""
+    latest: dict[tuple[str, str | None], dg.DagsterRun] = {}
+    for run in runs:
+        latest.setdefault((run.job_name, run.tags.get(PARTITION_TAG)), run)
+    return list(latest.values())
 
 
 def build_schedules(preset: Preset, crypto_ingest: dg.UnresolvedAssetJobDefinition,
@@ -103,9 +125,10 @@ def build_schedules(preset: Preset, crypto_ingest: dg.UnresolvedAssetJobDefiniti
         month = context.dagster_run.tags.get(REFRESH_TAG)
         if month is None:
             return dg.SkipReason("not a refresh run")
-        runs = context.instance.get_runs(dg.RunsFilter(tags={REFRESH_TAG: month}))
-        if any(r.status != dg.DagsterRunStatus.SUCCESS for r in runs):
-            return dg.SkipReason(f"refresh {month}: waiting for {sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs)} runs")
+        runs = latest_run_per_partition(context.instance.get_runs(dg.RunsFilter(tags={REFRESH_TAG: month})))
+        waiting = sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs)
+        if waiting:
+            return dg.SkipReason(f"refresh {month}: waiting for {waiting} runs (the latest of each partition)")
         return dg.RunRequest(run_key=f"retrain-{month}", tags={REFRESH_TAG: month})
 
     return [monthly_klines_refresh, monthly_yahoo_refresh], [retrain_after_refresh]

@@ -16,6 +16,7 @@ from lem_pipeline.errors import UserError
 from lem_pipeline.sources.binance import DEFAULT_BASE_URL
 
 PRESET = "LEM_PRESET"
+DEFAULT_PRESET = "demo"  # what LEM_PRESET, --preset and the README's first command mean when unset
 DATA_DIR = "LEM_DATA_DIR"
 BINANCE_URL = "LEM_BINANCE_URL"
 YAHOO_DIR = "LEM_YAHOO_DIR"  # empty: live yfinance
@@ -37,7 +38,10 @@ def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     for name in _PATHS:
         if environ.get(name):
             environ[name] = str(Path(environ[name]).resolve())
-    environ.setdefault(PRESET, "demo")
+    store = sqlite_file(environ.get(MLFLOW_URI) or "")
+    if store is not None and not store.is_absolute():  # sqlite:///mlflow.db: relative to this directory
+        environ[MLFLOW_URI] = f"{SQLITE_PREFIX}{store.resolve()}"
+    environ.setdefault(PRESET, DEFAULT_PRESET)
     environ.setdefault(DATA_DIR, str(Path("data").resolve()))
     environ.setdefault(BINANCE_URL, DEFAULT_BASE_URL)
     environ.setdefault(YAHOO_DIR, "")

@@ -12,7 +12,8 @@ from pathlib import Path
 import dagster as dg
 
 from lem_pipeline import settings
-from lem_pipeline.run_health import fail_dead_mlflow_runs, mlflow_process_tags
+from lem_pipeline.errors import UserError, quote
+from lem_pipeline.run_health import MLFLOW_REOPENED_TAG, fail_dead_mlflow_runs, mlflow_process_tags
 
 
 def git_commit() -> str:
@@ -21,6 +22,24 @@ def git_commit() -> str:
                               cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def check_store(uri: str) -> None:
+    """Open the MLflow store once, so that a LEM_MLFLOW_URI MLflow cannot use (an unknown scheme,
+    a driver not installed, a file that is not a database) fails in one line naming it before
+    any work, not after minutes of training or after ``lem evaluate`` has written its tables.
+    An embedded store not created yet is left to the first run, which creates it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    store = settings.sqlite_file(uri)
+    if store is not None and not store.exists():
+        return
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError, OSError, ImportError) as e:
+        raise UserError(f"{settings.MLFLOW_URI}={uri}: not an MLflow store this install can open ({quote(e)})") from e
 
 
 class MLflowTracking(dg.ConfigurableResource):
@@ -51,17 +70,27 @@ class MLflowTracking(dg.ConfigurableResource):
         """A new run in ``experiment`` or, with ``run_id``, the existing one reopened; with
         ``parent_run_id`` (the active run) nested under it. The run records this process
         (lem_pipeline.run_health): if it dies, the next ``lem run`` marks the run FAILED instead
-        of leaving it RUNNING; if the block raises, it ends FAILED."""
+        of leaving it RUNNING; if the block raises, it ends FAILED. A FINISHED run reopened (an
+        evaluation logging into its training run) ends FINISHED either way: its own work was
+        done, and the failure is the later process's."""
         mlflow = self._mlflow()
         exp_id = self.experiment_id(experiment)
         process = mlflow_process_tags()
-        with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
-                              nested=parent_run_id is not None, parent_run_id=parent_run_id,
-                              tags={**(tags or {}), **process}) as active:
-            yield active
+        before = self.run_status(run_id) if run_id else None
+        try:
+            with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                                  nested=parent_run_id is not None, parent_run_id=parent_run_id,
+                                  tags={**(tags or {}), **process,
+                                        **({MLFLOW_REOPENED_TAG: before} if before else {})}) as active:
+                yield active
+        except BaseException:
+            if before == "FINISHED":
+                mlflow.MlflowClient(self.tracking_uri).set_terminated(run_id, status="FINISHED")
+            raise
 
     def fail_dead_runs(self, experiments: Iterable[str]) -> list[str]:
-        """Runs of these experiments left RUNNING by a process that died, marked FAILED."""
+        """Runs of these experiments left RUNNING by a process that died, marked FAILED (or
+        FINISHED again, for a finished run the dead process had reopened)."""
         return fail_dead_mlflow_runs(self.tracking_uri, experiments)
 
     def has_run(self, run_id: str) -> bool:

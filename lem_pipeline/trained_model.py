@@ -70,6 +70,8 @@ def _download(source: str, into: Path) -> Path:
 
     mlflow.set_tracking_uri(MLflowTracking.from_environment().tracking_uri)
     run_id = run_id_of(source)
+    if not mlflow.MlflowClient().list_artifacts(run_id, MLFLOW_ARTIFACT):  # before a download's progress bar
+        raise FileNotFoundError(f"run {run_id} logged no {MLFLOW_ARTIFACT}")
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MLFLOW_ARTIFACT, dst_path=str(into)))
 
 

@@ -65,6 +65,8 @@ class WindowConfig:
     def from_meta(cls, meta: dict) -> WindowConfig:
         """The config a windows directory was built with (its meta.json, see :func:`read_meta`);
         a ValueError naming the fields for one that is not such a config."""
+        if not isinstance(meta, dict) or not isinstance(meta.get("config") or {}, dict):
+            raise ValueError("not a windows config: meta.json and its config must be JSON objects")
         c = dict(meta.get("config") or {})
         fields = dataclasses.fields(cls)
         names = {f.name for f in fields}
@@ -73,8 +75,11 @@ class WindowConfig:
         if c.keys() - names or required - c.keys():
             raise ValueError(f"not a windows config: missing {sorted(required - c.keys())}, "
                              f"unknown {sorted(c.keys() - names)}")
-        for k in ("val_start", "test_start"):
-            c[k] = date.fromisoformat(c[k])
+        try:
+            for k in ("val_start", "test_start"):
+                c[k] = date.fromisoformat(c[k])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not a windows config: {k} {c[k]!r} is not an ISO date") from e
         return cls(**c)
 
     @property

@@ -39,7 +39,7 @@ def build_feature_assets(preset: Preset) -> list[dg.AssetsDefinition]:
     def crypto_bars(context: AssetExecutionContext, lake: DataLake) -> dg.MaterializeResult:
         rows = []
         for stream in preset.streams:
-            files = lake.klines_files(stream)
+            files = lake.klines_files(stream, preset.crypto_first_month, preset.crypto_last_month)
             klines = pl.concat([pl.read_parquet(f) for f in files]) if files else pl.DataFrame()
             if klines.is_empty():
                 context.log.warning(f"{stream.symbol}: no klines materialised yet; skipped")

@@ -15,7 +15,7 @@ from dagster import AssetExecutionContext
 from lem_pipeline import settings
 from lem_pipeline.lake import DataLake
 from lem_pipeline.model_evaluation import evaluate_on_test
-from lem_pipeline.model_training import train_for_asset
+from lem_pipeline.model_training import experiment_name, train_for_asset
 from lem_pipeline.presets import Preset
 from lem_pipeline.tracking import MLflowTracking
 
@@ -36,7 +36,7 @@ def build_research_assets(preset: Preset) -> list[dg.AssetsDefinition]:
         out = lake.evaluation_dir(LOOKAHEAD)
         result = evaluate_on_test(LOOKAHEAD, trained.model_dir, lake.windows_dir("equity"), out,
                                   batch_size=tcfg.batch_size, device=tcfg.device, tracking=mlflow,
-                                  experiment="lem-equity", run_id=trained.run_id, costs=preset.costs)
+                                  experiment=experiment_name("equity"), run_id=trained.run_id, costs=preset.costs)
         return dg.MaterializeResult(metadata={
             "mlflow_run_id": trained.run_id,
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(trained.experiment_id, trained.run_id)),

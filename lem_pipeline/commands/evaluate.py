@@ -94,11 +94,13 @@ def check_device(name: str) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from lem_pipeline import evaluation_universe as universe
     from lem_pipeline.model_evaluation import evaluate_windows, log_evaluation
-    from lem_pipeline.tracking import MLflowTracking
+    from lem_pipeline.tracking import MLflowTracking, check_store
 
     test_start, test_end = check_args(args)
     model, cfg = load_model_source(args.model)
     run_id = model_run_id(args.model, model)
+    tracking = MLflowTracking.from_environment()
+    check_store(tracking.tracking_uri)  # the run is logged after --out is written: a bad store fails now
     dataset = DATASET_BY_SEASONALITY[cfg.seasonality]
     if args.yahoo_dir is not None:
         if dataset != "equity":
@@ -126,7 +128,6 @@ def evaluate(args: argparse.Namespace) -> int:
     tags = {"lem.model": args.model, "lem.universe": ",".join(names), "lem.test_start": test_start.isoformat(),
             **({"lem.test_end": test_end.isoformat()} if test_end else {}),
             **({MODEL_RUN_TAG: run_id} if run_id else {})}
-    tracking = MLflowTracking.from_environment()
     with tracking.run(EXPERIMENT, run_name=f"{dataset} {','.join(names)} from {test_start}", tags=tags) as run:
         log_evaluation(result, out)
         evaluation_run = run.info.run_id

@@ -63,6 +63,9 @@ def check_environment(preset: Preset, environ: Mapping[str, str] = os.environ) -
     uri = environ[settings.MLFLOW_URI]
     if (store := settings.sqlite_file(uri)) is not None:
         writable_dir(settings.MLFLOW_URI, str(store.parent))
+    from lem_pipeline.tracking import check_store
+
+    check_store(uri)
     if "://" not in environ[settings.MLFLOW_ARTIFACTS]:
         writable_dir(settings.MLFLOW_ARTIFACTS, environ[settings.MLFLOW_ARTIFACTS])
 
@@ -89,5 +92,5 @@ def open_local(preset_name: str) -> LocalDeployment:
 
 
 def add_preset_argument(parser) -> None:
-    parser.add_argument("--preset", default=os.environ.get(settings.PRESET, "demo"),
+    parser.add_argument("--preset", default=os.environ.get(settings.PRESET, settings.DEFAULT_PRESET),
                         help="demo, paper_crypto, paper_dow, ... (LEM_PRESET)")

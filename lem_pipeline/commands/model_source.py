@@ -11,20 +11,13 @@ import re
 import sys
 from pathlib import Path
 
-from lem_pipeline.errors import UserError
+from lem_pipeline.errors import UserError, quote
 
 # What loading a damaged model directory raises (bad JSON or config fields: ValueError; a truncated
 # or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
 # weights of another shape: RuntimeError): the user's file is wrong, not the code.
 _CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
-_MESSAGE_CHARS = 200  # of a library's own error message quoted in ours
-
-
-def quote(e: BaseException) -> str:
-    """The first sentence of an underlying error, short enough for a one-line message."""
-    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
-    return f"{type(e).__name__}: {first[:_MESSAGE_CHARS]}"
 
 
 def _looks_like_path(source: str) -> bool:
@@ -63,18 +56,24 @@ def load_model_source(source: str):
     from mlflow.exceptions import MlflowException
 
     from lem_pipeline.registry import RegistryError, is_registry_uri
-    from lem_pipeline.trained_model import load_trained
+    from lem_pipeline.tracking import MLflowTracking
+    from lem_pipeline.trained_model import MLFLOW_ARTIFACT, load_trained
 
+    run_id = None
     if _looks_like_path(source):
         check_model_dir(Path(source))
         where = "corrupt trained-model directory"
     elif is_registry_uri(source):
         where = f"no such registered model version in {_check_store(source)}"
     else:
-        where = f"no such model directory or MLflow run in {_check_store(source)}"
+        run_id, uri = source, _check_store(source)
+        where = f"no such model directory or MLflow run in {uri}"
     try:
         return load_trained(source)
     except (MlflowException, RegistryError, *_CORRUPT_MODEL) as e:
+        if run_id is not None and MLflowTracking.from_environment().has_run(run_id):
+            where = (f"MLflow run in {uri} without a loadable {MLFLOW_ARTIFACT} artifact (a training run logs "
+                     "one; an evaluation's run does not)")
         raise UserError(f"--model {source}: {where} ({quote(e)})") from e
 
 

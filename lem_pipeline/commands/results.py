@@ -16,17 +16,22 @@ from lem_model.fileio import atomic_write_text
 from lem_model.vocabulary import Target
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
+from lem_pipeline import settings
 from lem_pipeline.errors import UserError
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
 from lem_pipeline.paper_results import PAPER_TABLE_1
 from lem_pipeline.evaluation_summary import SUMMARY_FILE
 from lem_pipeline.reporting import costs_frame, frequency_label, markdown, stats_frame
+from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.windows import read_index, read_meta, window_counts
+
+CAUSAL_PARAM = "model.causal"  # the one parameter a look-ahead training differs in
+
 
 def how(preset: str, out: Path) -> str:
     """The commands that produce a results file, as a reader would type them."""
-    flag = "" if preset == "demo" else f" --preset {preset}"
+    flag = "" if preset == settings.DEFAULT_PRESET else f" --preset {preset}"
     dest = "" if out.name == "RESULTS.md" else f" --out {out.name}"
     return f"`lem run{flag} && lem lookahead{flag} && lem results{flag}{dest}`"
 
@@ -118,8 +123,27 @@ def _paper_table(ev: EvalArrays) -> str:
     return markdown(frame, decimals=2)
 
 
+def training_differences(tracking_uri: str, causal_run: str, lookahead_run: str) -> list[str]:
+    """What two trainings differ in besides causality: their parameters (model, training,
+    windows config, preset), or the windows they trained and validated on (MLflow's dataset
+    digests). Empty: a like-for-like pair, as the look-ahead section claims."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    a, b = client.get_run(causal_run), client.get_run(lookahead_run)
+    pa, pb = a.data.params, b.data.params
+    params = sorted(k for k in pa.keys() | pb.keys() if k != CAUSAL_PARAM and pa.get(k) != pb.get(k))
+    da, db = ({d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs} for r in (a, b))
+    return params + [f"the {name} windows" for name in sorted(da.keys() | db.keys()) if da.get(name) != db.get(name)]
+
+
 def _equity_section(lake: DataLake, instance, preset) -> tuple[list[str], dict]:
     equity = latest_metadata(instance, "equity_lem_model")
+    evaluated = latest_metadata(instance, "equity_evaluation")["mlflow_run_id"]
+    if evaluated != equity["mlflow_run_id"]:  # the lake's tables are the evaluated model's
+        raise UserError(f"the latest equity evaluation is of MLflow run {evaluated}, the latest trained model is run "
+                        f"{equity['mlflow_run_id']} (its evaluation failed or has not run): run `lem run --preset "
+                        f"{preset.name}` again")
     causal = EvalArrays.load(lake.slippage_file("equity"))
     h = headline(causal)
     eq = read_meta(lake.windows_dir("equity"))
@@ -149,6 +173,13 @@ def _lookahead_section(lake: DataLake, instance, equity: dict) -> list[str]:
         lookahead = latest_metadata(instance, "equity_lookahead_evaluation")
     except NotMaterializedError:
         return parts + ["Not measured yet: run `lem lookahead`, then `lem results` again.", ""]
+    differ = training_differences(MLflowTracking.from_environment().tracking_uri, equity["mlflow_run_id"],
+                                  lookahead["mlflow_run_id"])
+    if differ:
+        return parts + [
+            f"Not comparable now: the look-ahead model (MLflow run `{lookahead['mlflow_run_id']}`) was not trained as "
+            f"the causal one (`{equity['mlflow_run_id']}`); they differ in {', '.join(differ)}. Run `lem lookahead` "
+            "again for a like-for-like measurement.", ""]
     return parts + [
         "The reference `lems` 0.1.1 decides execution step k from the bar it trades in (docs/DESIGN.md). Same "
         "data, same settings, same seed, trained twice: `causal=True` (ours) and `causal=False` (the reference "

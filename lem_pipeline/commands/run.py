@@ -15,11 +15,14 @@ from lem_pipeline.commands.local import LocalDeployment, add_preset_argument, op
 from lem_pipeline.lake import DataLake
 from lem_pipeline.local_runs import run_partitions
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata
-from lem_pipeline.model_training import PROGRESS
+from lem_pipeline.model_training import PROGRESS, experiment_name
 from lem_pipeline.presets import DATASETS
 from lem_pipeline.run_health import fail_dead_runs
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.train_ddp import EXPERIMENT as EXPERIMENT_DDP
+
+
+TRAINING_JOB_SUFFIX = "_training_job"
 
 
 def main_jobs(preset) -> list[str]:
@@ -33,7 +36,7 @@ def recover(local: LocalDeployment) -> None:
     """Before running anything: fail the runs a killed `lem run` (or any dead process) left in
     progress, Dagster's and MLflow's, so nothing stays STARTED or RUNNING and no pool stays held."""
     dagster_runs = fail_dead_runs(local.instance)
-    mlflow_runs = MLflowTracking.from_environment().fail_dead_runs([*(f"lem-{d}" for d in DATASETS), EXPERIMENT_DDP])
+    mlflow_runs = MLflowTracking.from_environment().fail_dead_runs([*(experiment_name(d) for d in DATASETS), EXPERIMENT_DDP])
     if dagster_runs or mlflow_runs:
         print(f"recovered: marked {len(dagster_runs)} Dagster runs failed and {len(mlflow_runs)} MLflow runs FAILED "
               "(their process was gone)", flush=True)
@@ -69,6 +72,14 @@ def where_to_look(local: LocalDeployment, evaluations: list[str]) -> list[str]:
                     f"MLflow UI:  mlflow ui --backend-store-uri {uri}"]
 
 
+def seed_config(job: str, seed: int | None) -> dict | None:
+    """``lem run --seed K``: the training asset's own run config (TrainingRunConfig.seed) for a
+    training job, so another training seed of a preset is one command; None for other jobs."""
+    if seed is None or not job.endswith(TRAINING_JOB_SUFFIX):
+        return None
+    return {"ops": {f"{job.removesuffix(TRAINING_JOB_SUFFIX)}_lem_model": {"config": {"seed": seed}}}}
+
+
 def run_jobs(command: str, jobs: list[str], args: argparse.Namespace) -> int:
     local = open_local(args.preset)
     print(f"lem {command}: preset {local.preset.name!r} ({local.preset.description}); DAGSTER_HOME={local.home}",
@@ -76,7 +87,8 @@ def run_jobs(command: str, jobs: list[str], args: argparse.Namespace) -> int:
     recover(local)
     _show_progress()
     for job in jobs:
-        summary = run_partitions(local.defs, job, local.instance, progress=not args.quiet)
+        summary = run_partitions(local.defs, job, local.instance, progress=not args.quiet,
+                                 run_config=seed_config(job, getattr(args, "seed", None)))
         print(f"{job}: {len(summary.succeeded)} runs succeeded, {len(summary.failed)} failed", flush=True)
         for key, message in list(summary.failed.items())[:10]:
             print(f"  {key}: {message}", file=sys.stderr)
@@ -99,4 +111,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="materialise the preset's asset graph on the local Dagster instance")
     add_preset_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (the training's epoch lines stay)")
+    p.add_argument("--seed", type=int, help="train with this seed instead of the preset's (the model's weights and "
+                                            "its draws of training windows)")
     p.set_defaults(func=run)

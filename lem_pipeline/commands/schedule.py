@@ -1,8 +1,9 @@
 """``lem schedule``: the allocation for the next bar (or a replay) of one order, from a trained
 model and recent bars (lem_pipeline.order_schedule).
 
-Every argument and input is checked before anything is computed; a bad one is a UserError
-naming it (one line, exit 2: lem_pipeline.cli). The bars themselves are checked by
+Every argument and input is checked before anything is computed (the ones that depend on the
+model, the minimum duration and the rates against its horizon, once it is loaded); a bad one is
+a UserError naming it (one line, exit 2: lem_pipeline.cli). The bars themselves are checked by
 order_schedule.check_bars, so the library path is protected as well."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from lem_pipeline.commands.model_source import load_model_source, quote
-from lem_pipeline.errors import UserError
+from lem_pipeline.commands.model_source import load_model_source
+from lem_pipeline.errors import UserError, quote
 
 MATCH = "match"  # --min-duration: match the benchmark over the whole horizon
 
@@ -34,14 +35,30 @@ def parse_start(text: str | None) -> datetime | None:
 
 def check_order_args(args: argparse.Namespace) -> None:
     """Rates per bar are fractions of the order: 0 <= min <= max <= 1 with max > 0; a quantity is positive."""
-    if not 0.0 <= args.min_rate <= 1.0:
+    if args.min_rate is not None and not 0.0 <= args.min_rate <= 1.0:
         raise UserError(f"--min-rate {args.min_rate:g} must be in [0, 1] (a fraction of the order per bar)")
     if not 0.0 < args.max_rate <= 1.0:
         raise UserError(f"--max-rate {args.max_rate:g} must be in (0, 1] (a fraction of the order per bar)")
-    if args.min_rate > args.max_rate:
+    if args.min_rate is not None and args.min_rate > args.max_rate:
         raise UserError(f"--min-rate {args.min_rate:g} is above --max-rate {args.max_rate:g}")
     if args.quantity is not None and not (args.quantity > 0 and math.isfinite(args.quantity)):
         raise UserError(f"--quantity {args.quantity:g} must be a number > 0")
+
+
+def order_rates(args: argparse.Namespace, n_ahead: int) -> tuple[float, float]:
+    """(least, most) fraction per bar: the least defaults to the paper's 1 / N^2, the rate the
+    model was trained, evaluated and registered with; the most must let the order finish within
+    the horizon."""
+    from lem_model.orders import paper_min_rate
+
+    least = args.min_rate if args.min_rate is not None else paper_min_rate(n_ahead)
+    if least > args.max_rate:
+        raise UserError(f"--max-rate {args.max_rate:g} is below the least rate per bar, {least:g} (1/N^2 for the "
+                        f"model's horizon N={n_ahead}, unless --min-rate says otherwise)")
+    if args.max_rate * n_ahead < 1.0:
+        raise UserError(f"--max-rate {args.max_rate:g}: at most that per bar, the order cannot finish within the "
+                        f"model's horizon of {n_ahead} bars (give at least 1/{n_ahead})")
+    return least, args.max_rate
 
 
 def parse_min_duration(text: str, n_ahead: int) -> int | None:
@@ -78,10 +95,13 @@ def schedule(args: argparse.Namespace) -> int:
 
     start = parse_start(args.start)
     check_order_args(args)
-    model, cfg = load_model_source(args.model)
-    min_duration = parse_min_duration(args.min_duration, cfg.n_ahead)
     bars = read_bars(args.bars, args.symbol)
-    order = Order(args.side, args.target, args.benchmark, min_duration, args.min_rate, args.max_rate)
+    model, cfg = load_model_source(args.model)
+    if not model.cfg.causal:
+        raise UserError(f"--model {args.model}: a look-ahead model (causal=False, as `lem lookahead` trains to "
+                        "measure the leak) reads the bar it trades; it cannot schedule a live order")
+    min_duration = parse_min_duration(args.min_duration, cfg.n_ahead)
+    order = Order(args.side, args.target, args.benchmark, min_duration, *order_rates(args, cfg.n_ahead))
     steps = schedule_order(model, cfg, bars, order, start, name=f"--bars {args.bars}")
     rows = [{"step": s.step, "bar": s.bar_open_time.isoformat(), "fraction": s.decision.fraction,
              "executed_before": s.decision.executed, **({"quantity": s.decision.fraction * args.quantity}
@@ -107,8 +127,12 @@ def add_parser(sub) -> None:
     p.add_argument("--benchmark", choices=["vwap", "twap"], default="vwap")
     p.add_argument("--min-duration", default=MATCH, help="1..N bars (N: the model's horizon), or 'match' to match "
                                                           "the benchmark")
-    p.add_argument("--min-rate", type=float, default=0.0, help="least fraction of the order per bar, in [0, max-rate]")
-    p.add_argument("--max-rate", type=float, default=1.0, help="most fraction of the order per bar, in (0, 1]")
+    p.add_argument("--min-rate", type=float, help="least fraction of the order per bar, in [0, max-rate] (default "
+                                                  "1/N^2, the paper's rate, which the model was trained and evaluated "
+                                                  "with)")
+    p.add_argument("--max-rate", type=float, default=1.0, help="the model's soft cap per bar, in [1/N, 1]: its "
+                                                               "soft clip can pass it a little, and the last step "
+                                                               "takes whatever remains")
     p.add_argument("--quantity", type=float, help="order size (> 0), to print quantities as well as fractions")
     p.add_argument("--start", help="execution start, a bar's open time in ISO format: replay every step from there. "
                                    "A time without an offset is UTC; one with an offset (+05:00) is converted to UTC")

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.window_dataset import WindowDataset
 from lem_model.train import NonFiniteLossError, TrainConfig, seed_everything, train
-from lem_model.training_state import TRAINING_STATE, load_training_state
+from lem_model.training_state import TRAINING_STATE, load_training_state, save_training_state
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = TrainConfig(epochs=3, batch_size=64, lr=1e-3, seed=3, progress=False, early_stop_patience=5)
@@ -103,7 +103,7 @@ def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     d0, d1 = (out / "digest0.txt").read_text(), (out / "digest1.txt").read_text()
     assert d0 == d1 and len(d0) == 64
-    assert sorted(p.name for p in (out / "training_state").iterdir()) == [TRAINING_STATE]
+    assert not any((out / "training_state").iterdir())  # the model is saved: its resumable state is gone
     assert json.loads((out / "result.json").read_text())["best_epoch"] in (0, 1)
     import mlflow
 
@@ -111,6 +111,59 @@ def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
     runs = mlflow.search_runs(experiment_names=["lem-ddp"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
     assert len(mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "val_loss")) == 2
+
+
+def test_train_ddp_into_the_same_out_trains_afresh_for_other_settings_and_resumes_its_own(small_equity_windows,
+                                                                                           tmp_path, monkeypatch):
+    """A world of one (no torchrun). A second run with more epochs into the same --out is another
+    training, not the first one's finished state; a run killed after an epoch resumes in its own
+    MLflow run, and the epoch logged by nobody (killed between saving and logging) is logged."""
+    import mlflow
+
+    from lem_pipeline import train_ddp
+    from lem_pipeline.model_training import RUN_FILE
+
+    # Every variable settings.apply_defaults would fill in, set here so that none outlives the test.
+    for name, value in {"LEM_MLFLOW_DIR": tmp_path / "mlruns", "LEM_MLFLOW_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                        "LEM_MLFLOW_ARTIFACTS": tmp_path / "mlruns" / "artifacts", "LEM_DATA_DIR": tmp_path / "data",
+                        "LEM_PRESET": "smoke", "LEM_BINANCE_URL": "", "LEM_YAHOO_DIR": ""}.items():
+        monkeypatch.setenv(name, str(value))
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "ddp"
+    argv = ["--windows", str(small_equity_windows), "--out", str(out), "--preset", "smoke", "--batch-size", "64"]
+    train_ddp.main(argv + ["--epochs", "1"])
+    first = json.loads((out / "result.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+
+    # Killed after epoch 1 of 2 had saved its state but before it was logged: the state as the
+    # kill leaves it (one epoch), its run holding no metrics.
+    state_dirs: list[Path] = []
+    real_train = train_ddp.train
+
+    def killed_after_one_epoch(model, train_set, val_set, cfg, state_dir, **kw):
+        state_dirs.append(Path(state_dir))
+        real_train(model, train_set, val_set, dataclasses.replace(cfg, epochs=1), state_dir, resume=False)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train_ddp, "train", killed_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_ddp.main(argv + ["--epochs", "2"])
+    [state_dir] = state_dirs
+    killed_run = (state_dir / RUN_FILE).read_text()
+    assert killed_run != first["run_id"] and not client.get_metric_history(killed_run, "val_loss")
+    saved = load_training_state(state_dir / TRAINING_STATE)
+    saved["train_config"]["epochs"] = 2  # the state a two-epoch run saves after its first epoch
+    save_training_state(state_dir / TRAINING_STATE, saved)
+
+    monkeypatch.setattr(train_ddp, "train", real_train)
+    train_ddp.main(argv + ["--epochs", "2"])
+    second = json.loads((out / "result.json").read_text())
+    assert second["run_id"] == killed_run  # resumed in its own run, not the first training's
+    assert sorted(m.step for m in client.get_metric_history(killed_run, "val_loss")) == [0, 1]
+    assert [m.step for m in client.get_metric_history(first["run_id"], "val_loss")] == [0]
+    assert not state_dir.exists()
 
 
 def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, tmp_path):

@@ -24,7 +24,8 @@ UNKNOWN_RUN_ID = "0123456789abcdef0123456789abcdef"
 @dataclass(frozen=True)
 class Case:
     """``argv`` and ``env`` may name ``{model}`` (the trained model), ``{bars}`` (KO's daily bars),
-    ``{bad}`` (the folder of broken inputs) and ``{tmp}`` (this case's own folder)."""
+    ``{bad}`` (the folder of broken inputs), ``{run}`` (a run in its MLflow store that logged no
+    model) and ``{tmp}`` (this case's own folder)."""
 
     id: str
     argv: list[str]
@@ -53,6 +54,13 @@ CASES = [
          (UNKNOWN_RUN_ID, "{tmp}/mlruns/mlflow.db", "LEM_MLFLOW_DIR")),
     Case("unknown run id in a store", ["schedule", "--model", UNKNOWN_RUN_ID, "--bars", "{bars}"],
          (UNKNOWN_RUN_ID, "{bad}/mlruns/mlflow.db"), {"LEM_MLFLOW_DIR": "{bad}/mlruns"}),
+    Case("a run that logged no model", ["schedule", "--model", "{run}", "--bars", "{bars}"],
+         ("{run}", "{bad}/mlruns/mlflow.db", "without a loadable model_state artifact"),
+         {"LEM_MLFLOW_DIR": "{bad}/mlruns"}),
+    Case("LEM_MLFLOW_URI of an unknown scheme", ["run"], ("LEM_MLFLOW_URI=foo://bar", "not an MLflow store"),
+         {"LEM_MLFLOW_URI": "foo://bar"}),
+    Case("LEM_MLFLOW_URI not a database", ["run"], ("LEM_MLFLOW_URI=sqlite:///{bad}/no-vwap.parquet", "DatabaseError"),
+         {"LEM_MLFLOW_URI": "sqlite:///{bad}/no-vwap.parquet"}),
     Case("bars missing", ["schedule", "--model", "{model}", "--bars", "{tmp}/nosuch.parquet"],
          ("{tmp}/nosuch.parquet", "no such file")),
     Case("bars missing a column", BROKEN_BARS + ["{bad}/no-vwap.parquet"], ("{bad}/no-vwap.parquet", "vwap")),
@@ -64,6 +72,19 @@ CASES = [
     Case("--quantity negative", SCHEDULE + ["--quantity", "-3"], ("--quantity -3",)),
     Case("--min-duration 0", SCHEDULE + ["--min-duration", "0"], ("--min-duration '0'", "1..6")),
     Case("--min-duration beyond N", SCHEDULE + ["--min-duration", "999"], ("--min-duration '999'", "1..6")),
+    Case("--max-rate too low to finish in the horizon", SCHEDULE + ["--max-rate", "0.1"],
+         ("--max-rate 0.1", "horizon of 6 bars", "1/6")),
+    Case("--max-rate below the default least rate", SCHEDULE + ["--max-rate", "0.02"],
+         ("--max-rate 0.02 is below the least rate per bar, 0.0277778",)),
+    Case("a look-ahead model", ["schedule", "--model", "{bad}/model-lookahead", "--bars", "{bars}"],
+         ("{bad}/model-lookahead", "look-ahead model")),
+    Case("config.json a JSON list", ["schedule", "--model", "{bad}/model-list-config", "--bars", "{bars}"],
+         ("{bad}/model-list-config", "corrupt", "a JSON list")),
+    Case("bars without a freq_min", BROKEN_BARS + ["{bad}/null-freq.parquet"], ("null-freq.parquet", "without a freq_min")),
+    Case("daily bars not at UTC midnight", BROKEN_BARS + ["{bad}/tokyo.parquet"],
+         ("tokyo.parquet", "must open at 00:00 UTC", "15:00:00")),
+    Case("a new segment less than a normaliser before the lookback", BROKEN_BARS + ["{bad}/outage.parquet"],
+         ("outage.parquet", "long outage", "no normalised volume")),
     Case("NaN VWAP in the window", BROKEN_BARS + ["{bad}/nan-vwap.parquet"], ("nan-vwap.parquet", "vwap is nan")),
     Case("NaN quote volume in the window", BROKEN_BARS + ["{bad}/nan-quote.parquet"],
          ("nan-quote.parquet", "quote_volume is nan")),
@@ -95,7 +116,8 @@ def lem(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
 @pytest.fixture(scope="module")
 def bad(trained_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Broken copies of the trained model and of KO's bars, one fault each, and an MLflow store
-    with no runs. The faulty bars are the last ones: what a live decision reads."""
+    with one run, an evaluation's (no model). The faulty bars are the last ones: what a live
+    decision reads."""
     import mlflow
 
     out, _ = trained_model
@@ -118,9 +140,22 @@ def bad(trained_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pl.concat([ko, ko.with_columns(pl.lit("PEP").alias("symbol"))]).sort("open_time").write_parquet(
         bad / "two-symbols.parquet")
     ko.with_columns(pl.lit(60, pl.Int32).alias("freq_min")).write_parquet(bad / "hourly.parquet")
+    ko.with_columns(pl.when(tail).then(None).otherwise(pl.col("freq_min")).alias("freq_min")).write_parquet(
+        bad / "null-freq.parquet")
+    ko.with_columns(pl.col("open_time") - pl.duration(hours=9)).write_parquet(bad / "tokyo.parquet")  # Tokyo midnight
+    # The trained model reads 30 lookback bars normalised by the 60 before each: a segment that
+    # starts 85 bars before the end leaves the first lookback bars without a normaliser.
+    ko.with_columns(pl.when(pl.int_range(pl.len()) >= pl.len() - 85).then(pl.col("segment") + 1)
+                    .otherwise(pl.col("segment")).alias("segment")).write_parquet(bad / "outage.parquet")
+    shutil.copytree(out / "model", bad / "model-lookahead")
+    config = json.loads((bad / "model-lookahead" / "config.json").read_text())
+    (bad / "model-lookahead" / "config.json").write_text(json.dumps(config | {"causal": False}))
+    shutil.copytree(out / "model", bad / "model-list-config")
+    (bad / "model-list-config" / "config.json").write_text("[]")
     mlflow.set_tracking_uri(f"sqlite:///{bad / 'mlruns' / 'mlflow.db'}")
     (bad / "mlruns").mkdir()
-    mlflow.search_experiments()  # creates the store's tables
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("lem-evaluate")) as run:  # logs no model
+        (bad / "evaluation-run.txt").write_text(run.info.run_id)
     return bad
 
 
@@ -133,7 +168,8 @@ def cwd(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_findings_06_11_one_line_and_status_2(case: Case, trained_model, bad: Path, cwd: Path) -> None:
     out, _ = trained_model
-    paths = {"model": out / "model", "bars": out / "KO.parquet", "bad": bad, "tmp": cwd.parent}
+    paths = {"model": out / "model", "bars": out / "KO.parquet", "bad": bad, "tmp": cwd.parent,
+             "run": (bad / "evaluation-run.txt").read_text()}
     proc = lem([_fill(a, paths) for a in case.argv], cwd, {k: _fill(v, paths) for k, v in case.env.items()})
     command = case.argv[0]
     lines = proc.stderr.splitlines()

@@ -38,3 +38,20 @@ def test_dagster_cli_validates_the_workspace(dagster_home):
                           cwd=REPO, capture_output=True, text=True, env=os.environ | {"LEM_PRESET": "demo"}, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_the_environment_defaults_are_absolute(tmp_path, monkeypatch):
+    """Dagster steps run in other working directories: every path the settings hand on, the
+    MLflow store of a relative sqlite URI included, is absolute."""
+    from lem_pipeline import settings
+
+    tmp_path = tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    environ = {settings.MLFLOW_URI: "sqlite:///runs/mlflow.db", settings.DATA_DIR: "data"}
+    settings.apply_defaults(environ)
+    assert environ[settings.MLFLOW_URI] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert environ[settings.DATA_DIR] == str(tmp_path / "data")
+    assert environ[settings.MLFLOW_DIR] == str(tmp_path / "mlruns")
+    kept = {settings.MLFLOW_URI: "http://127.0.0.1:5000"}
+    settings.apply_defaults(kept)
+    assert kept[settings.MLFLOW_URI] == "http://127.0.0.1:5000"

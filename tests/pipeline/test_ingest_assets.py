@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import zipfile
@@ -13,6 +14,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from lem_pipeline.assets.features import build_feature_assets
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import Preset
 from lem_pipeline.lake import DataLake
@@ -85,6 +87,22 @@ def test_real_months_through_dagster(mirror, dagster_home, tmp_path):
         assert "dagster/column_schema" in meta
     # February 2020 has 29 days of 24 hours; the ALGO futures month 29 days of 1440 minutes.
     assert len(source_lines(BTC, "2020-02")) == 696 and len(source_lines(ALGO, "2024-02")) == 41760
+
+
+def test_crypto_bars_read_only_the_presets_months(mirror, dagster_home, tmp_path):
+    """A data directory another preset filled (BTCUSDT from January to March 2020): a preset of
+    February alone builds its bars from February's klines only."""
+    instance = dg.DagsterInstance.get()
+    months = [key("BTCUSDT", m) for m in ("2020-01", "2020-02", "2020-03")]
+    assert run_partitions(make_defs(mirror.url, tmp_path), "crypto_ingest_job", instance, months,
+                          progress=False).failed == {}
+    february = dataclasses.replace(PRESET, streams=(BTC,), crypto_first_month=date(2020, 2, 1),
+                                   crypto_last_month=date(2020, 2, 1), crypto_frequencies=(60,))
+    [bars_asset] = [a for a in build_feature_assets(february) if a.key.to_user_string() == "crypto_bars"]
+    lake = DataLake(root=str(tmp_path / "lake"))
+    assert dg.materialize([bars_asset], instance=instance, resources={"lake": lake}).success
+    times = pl.read_parquet(lake.bars_file("crypto", "BTCUSDT", 60))["open_time"]
+    assert times.min() == ms(source_lines(BTC, "2020-02")[0]) and times.max() == ms(source_lines(BTC, "2020-02")[-1])
 
 
 def test_not_listed_month_succeeds_and_is_recorded(mirror, dagster_home, tmp_path):

@@ -130,3 +130,18 @@ def test_registry_round_trip_champion_schedules_as_the_model_dir(deployment):
         "lem-equity", "champion")
     assert version.run_id == lineage["mlflow_run_id"]
     assert not (root / "mlflow.db").exists()  # the store named by LEM_MLFLOW_DIR, nowhere else
+
+
+def test_lem_run_seed_trains_another_seed_and_lem_results_names_its_run(deployment):
+    root, env = deployment["root"], deployment["env"]
+    proc = lem(env, root, "run", "--preset", "smoke", "--quiet", "--seed", "7")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lem-equity")
+    [latest] = client.search_runs([exp.experiment_id], "tags.`dagster.asset_key` = 'equity_lem_model'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    assert latest.data.params["train.seed"] == "7"
+    results = lem(env, root, "results", "--preset", "smoke", "--out", str(root / "RESULTS_smoke.md"))
+    assert results.returncode == 0, results.stderr[-4000:]
+    text = (root / "RESULTS_smoke.md").read_text()
+    assert f"MLflow run `{latest.info.run_id}`" in text and "Not measured yet: run `lem lookahead`" in text

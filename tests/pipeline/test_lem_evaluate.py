@@ -30,12 +30,12 @@ TEST_END = date(2021, 12, 31)
 MODEL_RUN = "feedc0de" * 4  # the training run recorded in the model's lineage.json
 
 
-def lem(argv: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEM_") and k != "DAGSTER_HOME"}
-    env |= {"LEM_MLFLOW_DIR": str(tmp / "mlruns"), "LEM_DATA_DIR": str(tmp / "data"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", "evaluate", *argv], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+def lem(argv: list[str], tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LEM_") and k != "DAGSTER_HOME"}
+    base |= {"LEM_MLFLOW_DIR": str(tmp / "mlruns"), "LEM_DATA_DIR": str(tmp / "data"),
+             "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", "evaluate", *argv], cwd=tmp,
+                          env=base | (env or {}), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 def msft_test_windows(config: dict, test_start: date, test_end: date | None) -> int:
@@ -112,6 +112,17 @@ def test_mistakes_end_with_one_line_and_status_2(model_dir: Path, tmp_path: Path
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("lem evaluate: "), proc.stderr
     for text in expected:
         assert text.format(tmp=tmp_path) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_mlflow_store_it_cannot_open_is_refused_before_the_tables_are_written(model_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    argv = ["--model", str(model_dir), "--yahoo-dir", str(YAHOO_DIR), "--tickers", "MSFT",
+            "--test-start", TEST_START.isoformat(), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    proc = lem(argv, tmp_path, {"LEM_MLFLOW_URI": "foo://bar"})
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lem evaluate: LEM_MLFLOW_URI=foo://bar: not an MLflow store"), lines[0]
     assert not (tmp_path / "out").exists()
 
 

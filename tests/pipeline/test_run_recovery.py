@@ -109,6 +109,32 @@ def test_finding_03_dead_mlflow_runs_are_marked_failed(tmp_path):
     assert mlflow.get_run(run_id).info.status == "FAILED"
 
 
+def test_a_finished_run_reopened_by_a_process_that_fails_or_dies_stays_finished(tmp_path):
+    """Evaluation logs into its finished training run: an evaluation that raises, or whose
+    process dies, leaves that run FINISHED (the training's work was done), not FAILED."""
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "a"))
+    with tracking.run("lem-x") as training:
+        run_id = training.info.run_id
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        with tracking.run("lem-x", run_id=run_id):
+            raise RuntimeError("evaluation broke")
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    code = ("import os; from lem_pipeline.tracking import MLflowTracking; "
+            f"t = MLflowTracking(tracking_uri={tracking.tracking_uri!r}, artifact_root={tracking.artifact_root!r}); "
+            f"cm = t.run('lem-x', run_id={run_id!r}); cm.__enter__(); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert mlflow.get_run(run_id).info.status == "RUNNING"
+    assert tracking.fail_dead_runs(["lem-x"]) == [run_id]
+    assert mlflow.get_run(run_id).info.status == "FINISHED"
+    with pytest.raises(RuntimeError):  # a run that had failed is reopened (a resumed training) and fails again
+        with tracking.run("lem-x") as other:
+            raise RuntimeError
+    with pytest.raises(RuntimeError):
+        with tracking.run("lem-x", run_id=other.info.run_id):
+            raise RuntimeError
+    assert mlflow.get_run(other.info.run_id).info.status == "FAILED"
+
+
 def test_finding_05_a_model_dir_from_another_run_is_refused(small_equity_windows, tmp_path):
     model = small_model(small_equity_windows)
     model_dir = save_trained(model, small_equity_windows, tmp_path / "model", "run-new")

@@ -1,4 +1,5 @@
-"""The monthly refresh asks for exactly the new month's missing partitions; the retrain follows."""
+"""The monthly refresh asks for exactly the new month's missing partitions and the ones a run failed
+on; the retrain follows once the latest run of each partition succeeded."""
 
 from __future__ import annotations
 
@@ -93,4 +94,51 @@ def test_retrain_waits_for_the_whole_refresh(mirror, dagster_home, tmp_path):
     ctx = dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_instance=instance,
                                              dagster_event=first.get_run_success_event(), dagster_run=first.dagster_run)
     request = sensor(ctx)
+    assert isinstance(request, dg.RunRequest) and request.run_key == "retrain-2024-02"
+
+
+def test_a_failed_partition_is_asked_for_again_until_it_is_there(mirror, dagster_home, tmp_path):
+    """A partition a run failed on is not materialised, and is not the new closed month either:
+    the next tick asks for it again, and stops once a run has materialised it."""
+    defs = defs_for(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    algo_feb = str(dg.MultiPartitionKey({"symbol": "ALGOUSDT", "month": "2024-02-01"}))
+    mirror.faults["/" + KlineStream("ALGOUSDT", "um", "1m").monthly_path(date(2024, 2, 1))] = [500] * 50
+    assert list(run_partitions(defs, "crypto_ingest_job", instance, [algo_feb], progress=False).failed) == [algo_feb]
+    mirror.faults.clear()
+
+    schedule = defs.resolve_schedule_def("monthly_klines_refresh")
+    april = datetime(2024, 4, 2, 6, 0, tzinfo=timezone.utc)
+    march = [str(dg.MultiPartitionKey({"symbol": s, "month": "2024-03-01"})) for s in ("ALGOUSDT", "NEARUSDT")]
+
+    def requested() -> list[str]:
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=april,
+                                       repository_def=defs.get_repository_def()) as context:
+            return [r.partition_key for r in schedule.evaluate_tick(context).run_requests]
+
+    assert requested() == march + [algo_feb]
+    assert run_partitions(defs, "crypto_ingest_job", instance, [algo_feb], progress=False).failed == {}
+    assert requested() == march
+
+
+def test_a_partition_run_again_with_success_releases_its_refresh(mirror, dagster_home, tmp_path):
+    """The retrain waits on the latest run of each partition: a failed run stays failed, but
+    once its partition has succeeded since, it no longer holds the month back."""
+    defs = defs_for(mirror.url, tmp_path)
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("equity_ingest_job")
+    tags = {REFRESH_TAG: "2024-02"}
+    failed = instance.create_run_for_job(job_def=job, tags=tags | {"dagster/partition": "AAPL"}, run_config={})
+    instance.report_run_failed(failed)
+    ko = job.execute_in_process(partition_key="KO", instance=instance, tags=tags)
+    sensor = defs.resolve_sensor_def("retrain_after_refresh")
+
+    def evaluate(result: dg.ExecuteInProcessResult):
+        return sensor(dg.build_run_status_sensor_context(sensor_name=sensor.name, dagster_instance=instance,
+                                                         dagster_event=result.get_run_success_event(),
+                                                         dagster_run=result.dagster_run))
+
+    assert "waiting for 1 runs" in evaluate(ko).skip_message
+    aapl = job.execute_in_process(partition_key="AAPL", instance=instance, tags=tags)
+    request = evaluate(aapl)
     assert isinstance(request, dg.RunRequest) and request.run_key == "retrain-2024-02"

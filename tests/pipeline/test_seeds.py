@@ -167,6 +167,18 @@ def test_one_seed_is_one_run_without_a_parent(two_seeds):
     assert meta["model_dir"] == str(lake.model_dir("equity")) and meta["registered_model"] == "lem-equity/2"
 
 
+def test_a_look_ahead_model_is_evaluated_but_never_champion(two_seeds):
+    """causal=False trains the reference's one-bar look-ahead to measure it; the live policy
+    refuses to serve such a model, so the champion alias stays where it was."""
+    instance, lake, tracking = two_seeds["instance"], two_seeds["lake"], two_seeds["tracking"]
+    client = mlflow.MlflowClient()
+    before = client.get_model_version_by_alias("lem-equity", "champion").version
+    materialise(instance, lake, tracking, ["equity_lem_model", "equity_evaluation"], {"causal": False})
+    assert latest(instance, "equity_lem_model")["causal"] is False
+    assert latest(instance, "equity_evaluation")["champion"] == "not promoted: a look-ahead model (causal=False)"
+    assert client.get_model_version_by_alias("lem-equity", "champion").version == before
+
+
 def test_a_killed_several_seed_training_resumes_its_parent_and_the_killed_seed(small_equity_windows, tmp_path):
     """Killed after seed 1's first epoch (seed 0 done): the retry reopens the parent run, keeps
     seed 0's run and model, and resumes seed 1 in its own child run from its saved epoch."""
