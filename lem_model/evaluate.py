@@ -205,7 +205,8 @@ def detail_table(ev: EvalArrays, model_index: int) -> list[Row]:
 
 def headline(ev: EvalArrays) -> dict[str, float]:
     """The test summary logged as metrics: mean and std per side and minimum period, and the
-    Match VWAP risk against TWAP in volume."""
+    Match VWAP risk against TWAP in volume, over the windows of ``ev`` (for a crypto evaluation,
+    every frequency pooled; lem_pipeline.model_evaluation adds each frequency's own)."""
     N = ev.n_ahead
     out: dict[str, float] = {}
     for name, kind, _ in SIDES:

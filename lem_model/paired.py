@@ -75,10 +75,13 @@ def _flat_top(t: np.ndarray) -> np.ndarray:
 
 def block_length(series: np.ndarray, min_length: int = 1) -> int:
     """Moving-block length for the mean of ``series`` (one value per date, in time order): the
-    Politis-White / Patton-Politis-White estimate, at least ``min_length``, at most n / 3."""
+    Politis-White / Patton-Politis-White estimate, at least ``min_length``, at most n / 3 unless
+    that is below ``min_length``: the floor keeps windows that share bars in one block, and a
+    series too short for it gets too few block positions and no interval (block_bootstrap_mean),
+    not a narrower one."""
     x = np.asarray(series, np.float64)
     n = len(x)
-    cap = max(1, n // 3)
+    cap = max(1, n // 3, min_length)
     if n < 4 or not np.isfinite(x).all() or x.std() == 0:
         return max(1, min(min_length, cap))
     x = x - x.mean()
@@ -115,9 +118,11 @@ def block_bootstrap_mean(values: np.ndarray, dates: np.ndarray, *, block: int, r
     """Interval of the per-window mean by the studentized moving-block bootstrap (block-t,
     Goetze-Kuensch 1996): blocks of ``block`` consecutive dates (moving, no wrap-around) are drawn
     until the resample has as many dates as the data; each resample's t statistic is centred on
-    the bootstrap expectation and scaled by its own block standard error. The same block variance
-    estimator appears in the original's standard error, so its downward bias (it misses the
-    dependence beyond a block) largely cancels, which a plain percentile interval does not."""
+    the bootstrap expectation and scaled by its own block standard error. Studentizing corrects
+    the skew of the resampled means to second order; it does not remove the block variance's
+    downward bias (the dependence beyond a block, which resampled blocks lack), which is why the
+    block is at least the horizon (windows sharing bars stay in one block) and its length is
+    chosen from the data (:func:`block_length`)."""
     sums, counts = _date_sums(np.asarray(values, np.float64), np.asarray(dates))
     n = len(sums)
     block = max(1, min(block, n))

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ from lem_model.model import LargeExecutionModel
 from lem_model.orders import paper_min_rate
 from lem_model.training_state import TRAINING_STATE, load_training_state, rng_state, save_training_state, set_rng_state
 from lem_model.vocabulary import OrderKind, Target
+
+KERAS_MIN_DELTA = 1e-4  # Keras ReduceLROnPlateau's default: an epoch improves by more than this, absolute
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,11 @@ class TrainConfig:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
         if self.lr_patience < 1:
             raise ValueError(f"lr_patience must be at least 1 (epochs without improvement), not {self.lr_patience}")
-        if self.selection not in ("objective", "vs_rule"):
-            raise ValueError(f"selection must be 'objective' or 'vs_rule', not {self.selection!r}")
+        hints = get_type_hints(TrainConfig)
+        for name in ("objective", "selection", "sides", "match_risk", "beat_risk"):  # a typo would train another objective
+            allowed = get_args(hints[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
         if self.average_decay is not None and not 0 < self.average_decay < 1:
             raise ValueError(f"average_decay must lie strictly between 0 and 1, not {self.average_decay}")
         if self.tracking_curvature != SOFTPLUS_CURVATURE and self.beat_risk != "tracking":
@@ -195,12 +200,26 @@ class _Dist:
         return self.rank == 0
 
 
+def keras_plateau(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The paper's ReduceLROnPlateau as Keras runs it, on a watched value to minimise. torch cuts
+    once the bad epochs exceed its patience, Keras once they reach it; an epoch improves when it
+    beats the best by more than Keras's min_delta (1e-4) absolute, not torch's default relative
+    1e-4 (on a negative watched value, -val_vs_rule_bps, a relative threshold counts a slightly
+    worse epoch as better); and eps=0, Keras cuts the rate however small it is (torch's default
+    eps=1e-8 would stop the paper's 1e-5 from going below 1e-8)."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
+                                                      patience=cfg.lr_patience - 1, threshold=KERAS_MIN_DELTA,
+                                                      threshold_mode="abs", eps=0.0)
+
+
 def _init_distributed(device: torch.device) -> _Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain run is a world of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist()
     if not dist.is_initialized():
+        if device.type == "cuda":  # this rank's GPU is its current device (NCCL's barrier uses it)
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -450,11 +469,7 @@ def train(
     if graphs and dist_info.world > 1:
         raise ValueError("cuda_graphs runs in one process; under torchrun train without it")
     optimizer = adam(model.parameters(), cfg.lr, capturable_on=device if graphs else None)
-    # As Keras: torch cuts once the bad epochs exceed its patience, Keras once they reach it; and
-    # eps=0, Keras cuts the rate however small it is (torch's default eps=1e-8 would stop the
-    # paper's 1e-5 from going below 1e-8).
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience - 1, eps=0.0)
+    scheduler = keras_plateau(optimizer, cfg)
     stopper = EarlyStopping(cfg.early_stop_patience)
     result = TrainResult(device=str(device))
     first_epoch = 0
@@ -463,7 +478,8 @@ def train(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        scheduler.patience = cfg.lr_patience - 1  # a state saved with torch's own count resumes with Keras's
+        # A state saved with torch's own count and threshold resumes with Keras's (both are read per step).
+        scheduler.patience, scheduler.threshold, scheduler.threshold_mode = cfg.lr_patience - 1, KERAS_MIN_DELTA, "abs"
         stopper.load_state_dict(saved["early_stopping"])
         if averaged is not None:
             averaged.load_state_dict(saved["averaged"])

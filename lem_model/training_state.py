@@ -30,9 +30,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """The generators as :func:`rng_state` saved them. A state loaded with ``map_location`` a
+    GPU (what a resumed CUDA training does, for the optimiser's device tensors) holds them on
+    that GPU: torch's generator state and numpy's keys are host data, so they come back first."""
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     random.setstate(state["python"])
 

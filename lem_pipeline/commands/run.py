@@ -64,7 +64,8 @@ def where_to_look(local: LocalDeployment, evaluations: list[str]) -> list[str]:
         name = asset.removesuffix("_evaluation")
         h = headline(EvalArrays.load(lake.slippage_file(name)))
         lines += [f"{name}: Match VWAP std {h['test_match_vwap_std_bps']:.2f} bps vs TWAP volume "
-                  f"{h['test_twap_volume_std_bps']:.2f} bps ({100 * h['test_match_vwap_std_reduction']:.1f}% lower); "
+                  f"{h['test_twap_volume_std_bps']:.2f} bps ({100 * h['test_match_vwap_std_reduction']:.1f}% lower"
+                  f"{', every frequency pooled' if len(meta.get('summaries') or {}) > 1 else ''}); "
                   f"{meta.get('champion', '')}",
                   f"  tables: {meta['path']}", f"  MLflow run: {meta['mlflow_run']}"]
     uri = os.environ[settings.MLFLOW_URI]

@@ -182,3 +182,26 @@ class SequentialWindows(torch.utils.data.Dataset):
         item = self.data[self.calls % len(self.data)]
         self.calls += 1
         return item
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graphs"])
+def test_a_cuda_training_resumes_from_its_saved_epoch(tmp_path, graphs):
+    """The state is loaded onto the GPU (the optimiser's device tensors); the generators' state
+    comes back to the host. Resumed after epoch 1, the run ends where an uninterrupted one does."""
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-3, device="cuda", cuda_graphs=graphs, progress=False,
+                      objective="aligned")
+    seed_everything(0)
+    straight = LargeExecutionModel(GATE)
+    full = train(straight, windows(80, 1), windows(40, 2), cfg, tmp_path / "a", resume=False)
+    seed_everything(0)
+    partial = train(LargeExecutionModel(GATE), windows(80, 1), windows(40, 2), cfg, tmp_path / "b",
+                    stop_after_epochs=1)
+    assert len(partial.history) == 1
+    seed_everything(5)
+    resumed_model = LargeExecutionModel(GATE)  # another init: everything must come from the state
+    resumed = train(resumed_model, windows(80, 1), windows(40, 2), cfg, tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 2
+    for r, f in zip(resumed.history, full.history):
+        assert r["val_loss"] == pytest.approx(f["val_loss"], abs=1e-4)
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], value, atol=1e-4, rtol=1e-3)

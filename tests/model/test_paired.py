@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lem_model.evaluate import EvalArrays
-from lem_model.paired import advantage, block_bootstrap_mean, comparisons, paired, win_rate
+from lem_model.paired import advantage, block_bootstrap_mean, block_length, comparisons, paired, win_rate
 from lem_model.vocabulary import OrderKind, Side, Target
 
 TRUE_MEAN = 3.0
@@ -98,3 +98,16 @@ def test_too_few_dates_give_no_interval_rather_than_a_zero_wide_one():
     assert lo < values.mean() - 0.1 and hi > values.mean() + 0.1
     assert all(math.isnan(b) for b in block_bootstrap_mean(values, np.arange(300) % 30, block=29))
 
+
+
+def test_the_block_floor_holds_when_the_dates_are_few():
+    """Twenty dates of windows that span twelve: the floor (the horizon) wins over n / 3, and with
+    twenty dates a block of twelve still leaves nine positions to resample; with twelve dates,
+    one position: no interval."""
+    rng = np.random.default_rng(0)
+    assert block_length(rng.standard_normal(20), min_length=12) == 12
+    assert block_length(rng.standard_normal(300), min_length=12) >= 12
+    assert block_length(rng.standard_normal(300)) <= 100
+    values = rng.standard_normal(240)
+    assert paired(values, np.arange(240) % 20, min_block=12).block_length == 12
+    assert all(math.isnan(b) for b in paired(values, np.arange(240) % 12, min_block=12).ci95)

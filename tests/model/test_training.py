@@ -166,6 +166,32 @@ def test_train_ddp_into_the_same_out_trains_afresh_for_other_settings_and_resume
     assert not state_dir.exists()
 
 
+@pytest.mark.parametrize("field, value", [("objective", "Aligned"), ("sides", "Paired"), ("match_risk", "square"),
+                                          ("beat_risk", "tracked"), ("selection", "rule")])
+def test_a_misspelt_objective_switch_is_refused(field, value):
+    """Each switch compares against its reference value, so a typo would silently train another
+    objective: it is refused, naming the values allowed."""
+    with pytest.raises(ValueError, match=rf"{field} must be one of .*, not {value!r}"):
+        TrainConfig(**{field: value, **({"objective": "aligned"} if field != "objective" else {})})
+
+
+@pytest.mark.parametrize("best, then", [(-5.94, -5.9399), (0.52, 0.51993)],
+                         ids=["a slightly worse advantage", "an improvement below min_delta"])
+def test_the_plateau_counts_an_improvement_as_keras_does(best, then):
+    """Keras improves on ``best - min_delta`` (1e-4, absolute). torch's default relative threshold
+    would take -5.9399 as better than -5.94 (the negated advantage over the rule that
+    selection="vs_rule" watches), and 0.51993 as better than 0.52."""
+    from lem_model.train import keras_plateau
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    plateau = keras_plateau(optimizer, dataclasses.replace(CFG, lr_patience=1, lr_factor=0.1))
+    plateau.step(best)
+    plateau.step(then)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # a bad epoch: cut after it (patience 1)
+    plateau.step(then - 0.01)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # a real improvement: no cut
+
+
 def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, tmp_path):
     """With a learning rate far below float32 resolution the weights cannot move, so validation
     never improves after the first epoch: the plateau scheduler cuts the rate after every

@@ -160,6 +160,32 @@ def test_crypto_from_a_data_vision_tree(intraday_model: Path, tmp_path: Path) ->
     assert_rows_match_main_table(summary, tmp_path / "out" / "crypto_60min_main.csv")
 
 
+def test_a_two_frequency_evaluation_gives_each_frequency_its_own_headline(intraday_model: Path, tmp_path: Path) -> None:
+    """The headline metrics pool every frequency's windows; each frequency's own, named after it,
+    are its summary's numbers (the paper reports each frequency apart)."""
+    from lem_pipeline import evaluation_universe as universe
+    from lem_pipeline.model_evaluation import evaluate_windows
+    from lem_pipeline.trained_model import load_trained
+    from tests.conftest import BINANCE_MIRROR
+
+    model, cfg = load_trained(str(intraday_model))
+    start, end = date(2021, 6, 1), date(2021, 11, 30)
+    series = [bars for freq in (60, 120) for bars in universe.binance_bars(
+        BINANCE_MIRROR.resolve().as_uri(), ["BTCUSDT"], market="spot", interval="1h", freq_min=freq, cfg=cfg,
+        test_start=start, test_end=end)]
+    report = universe.build_test_windows(series, cfg, start, end, tmp_path / "windows", "--symbols BTCUSDT")
+    result = evaluate_windows("crypto", model, report.directory, tmp_path / "out", batch_size=256, device="cpu")
+    reductions = {}
+    for label in ("60min", "120min"):
+        summary = json.loads((tmp_path / "out" / f"summary_{label}.json").read_text())
+        reductions[label] = result.headline[f"test_{label}_match_vwap_std_reduction"]
+        assert reductions[label] == pytest.approx(summary["match_vwap_std_reduction"], abs=1e-12)
+        twap = next(r for r in summary["rows"] if r["order"] == "TWAP Volume" and r["min_period"] == "All")
+        assert result.headline[f"test_{label}_twap_volume_std_bps"] == pytest.approx(twap["std"], rel=1e-6)
+    assert reductions["60min"] != reductions["120min"]
+    assert result.headline["test_match_vwap_std_reduction"] not in reductions.values()  # the pooled one
+
+
 def test_an_open_ended_crypto_span_reaches_past_the_months_before_the_first_published(intraday_model: Path,
                                                                                        tmp_path: Path) -> None:
     """The fixture tree has BTCUSDT from 2020-01 to 2021-11: a test start before its first month,
