@@ -24,6 +24,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+# A tracking server probed once, without MLflow's retries (up to minutes of backoff for a server
+# that is down): the check should answer in seconds; the runs themselves keep MLflow's retries.
+PROBE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the block, then as they were."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def check_store(uri: str) -> None:
     """Open the MLflow store once, so that a LEM_MLFLOW_URI MLflow cannot use (an unknown scheme,
     a driver not installed, a file that is not a database) fails in one line naming it before
@@ -37,7 +57,8 @@ def check_store(uri: str) -> None:
     if store is not None and not store.exists():
         return
     try:
-        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with _environment(PROBE_HTTP if uri.startswith(("http://", "https://")) else {}):
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except (MlflowException, SQLAlchemyError, OSError, ImportError) as e:
         raise UserError(f"{settings.MLFLOW_URI}={uri}: not an MLflow store this install can open ({quote(e)})") from e
 

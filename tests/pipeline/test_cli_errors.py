@@ -59,6 +59,8 @@ CASES = [
          {"LEM_MLFLOW_DIR": "{bad}/mlruns"}),
     Case("LEM_MLFLOW_URI of an unknown scheme", ["run"], ("LEM_MLFLOW_URI=foo://bar", "not an MLflow store"),
          {"LEM_MLFLOW_URI": "foo://bar"}),
+    Case("LEM_MLFLOW_URI a server that is down", ["run"], ("LEM_MLFLOW_URI=http://127.0.0.1:9", "not an MLflow store"),
+         {"LEM_MLFLOW_URI": "http://127.0.0.1:9"}),  # port 9 (discard): nothing listens
     Case("LEM_MLFLOW_URI not a database", ["run"], ("LEM_MLFLOW_URI=sqlite:///{bad}/no-vwap.parquet", "DatabaseError"),
          {"LEM_MLFLOW_URI": "sqlite:///{bad}/no-vwap.parquet"}),
     Case("bars missing", ["schedule", "--model", "{model}", "--bars", "{tmp}/nosuch.parquet"],
