@@ -103,8 +103,8 @@ class TrainConfig:
             raise ValueError(f"seeds must be at least 1, not {self.seeds}")
         if self.lr_patience < 1:
             raise ValueError(f"lr_patience must be at least 1 (epochs without improvement), not {self.lr_patience}")
-        hints = get_type_hints(TrainConfig)
-        for name in ("objective", "selection", "sides", "match_risk", "beat_risk"):  # a typo would train another objective
+        hints = get_type_hints(TrainConfig)  # a misspelt switch would silently train another objective
+        for name in ("objective", "selection", "sides", "match_risk", "beat_risk"):
             allowed = get_args(hints[name])
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")

@@ -123,7 +123,8 @@ def evaluate_windows(name: str, model: LargeExecutionModel, windows_dir: Path, o
             reporting.write_cost_tables(summary, tmp, label)
             metrics |= paired_metrics(summary, len(per_freq)) | cost_metrics(summary, len(per_freq))
             if len(per_freq) > 1:  # the headline above pools the frequencies; each one's own, as its summary's
-                metrics |= {f"test_{summary['frequency']}_{k.removeprefix('test_')}": v for k, v in headline(sub).items()}
+                own = headline(sub)
+                metrics |= {f"test_{summary['frequency']}_{k.removeprefix('test_')}": v for k, v in own.items()}
             vs_rule.append(f"**{label}**\n\n" + reporting.markdown(
                 reporting.paired_frame({PAIRED_LABELS["vs_rule"]: summary["vs_rule"]}), decimals=2))
             costs_md.append(f"**{label}**\n\n" + reporting.markdown(reporting.costs_frame(summary), decimals=2))

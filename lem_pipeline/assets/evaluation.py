@@ -36,8 +36,8 @@ def build_evaluation_assets(preset: Preset) -> list[dg.AssetsDefinition]:
             out = lake.evaluation_dir(dataset)
             result = evaluate_on_test(dataset, trained["model_dir"], lake.windows_dir(dataset), out,
                                       batch_size=preset.training.batch_size, device=preset.training.device,
-                                      tracking=mlflow, experiment=experiment_name(dataset), run_id=trained["mlflow_run_id"],
-                                      costs=preset.costs)
+                                      tracking=mlflow, experiment=experiment_name(dataset),
+                                      run_id=trained["mlflow_run_id"], costs=preset.costs)
             ev = result.arrays
             # Several seeds (training's seed_runs): each evaluated the same way, and the spread.
             seeds = {}

@@ -36,7 +36,7 @@ def check_model_dir(path: Path) -> None:
         raise UserError(f"--model {path}: not a trained-model directory, missing {', '.join(missing)}")
 
 
-def _check_store(source: str) -> str:
+def _lookup_store(source: str) -> str:
     """The MLflow store a run id is looked up in (LEM_MLFLOW_URI / LEM_MLFLOW_DIR); an embedded one
     must exist: opening a missing one would create it."""
     from lem_pipeline import settings
@@ -64,9 +64,9 @@ def load_model_source(source: str):
         check_model_dir(Path(source))
         where = "corrupt trained-model directory"
     elif is_registry_uri(source):
-        where = f"no such registered model version in {_check_store(source)}"
+        where = f"no such registered model version in {_lookup_store(source)}"
     else:
-        run_id, uri = source, _check_store(source)
+        run_id, uri = source, _lookup_store(source)
         where = f"no such model directory or MLflow run in {uri}"
     try:
         return load_trained(source)

@@ -14,9 +14,9 @@ import polars as pl
 from lem_model.evaluate import SIDES, EvalArrays, headline, main_table
 from lem_model.fileio import atomic_write_text
 from lem_model.vocabulary import Target
+from lem_pipeline import settings
 from lem_pipeline.assets.research import LOOKAHEAD
 from lem_pipeline.commands.local import add_preset_argument, open_local
-from lem_pipeline import settings
 from lem_pipeline.errors import UserError
 from lem_pipeline.lake import DataLake
 from lem_pipeline.materializations import NotMaterializedError, latest_metadata

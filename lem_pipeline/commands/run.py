@@ -21,7 +21,6 @@ from lem_pipeline.run_health import fail_dead_runs
 from lem_pipeline.tracking import MLflowTracking
 from lem_pipeline.train_ddp import EXPERIMENT as EXPERIMENT_DDP
 
-
 TRAINING_JOB_SUFFIX = "_training_job"
 
 
@@ -36,7 +35,8 @@ def recover(local: LocalDeployment) -> None:
     """Before running anything: fail the runs a killed `lem run` (or any dead process) left in
     progress, Dagster's and MLflow's, so nothing stays STARTED or RUNNING and no pool stays held."""
     dagster_runs = fail_dead_runs(local.instance)
-    mlflow_runs = MLflowTracking.from_environment().fail_dead_runs([*(experiment_name(d) for d in DATASETS), EXPERIMENT_DDP])
+    experiments = [*(experiment_name(d) for d in DATASETS), EXPERIMENT_DDP]
+    mlflow_runs = MLflowTracking.from_environment().fail_dead_runs(experiments)
     if dagster_runs or mlflow_runs:
         print(f"recovered: marked {len(dagster_runs)} Dagster runs failed and {len(mlflow_runs)} MLflow runs FAILED "
               "(their process was gone)", flush=True)
