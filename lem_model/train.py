@@ -477,9 +477,12 @@ def train(
         saved = load_training_state(state_path, map_location=device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        # The saved counters and rate, with this run's Keras settings (a state saved with torch's
+        # own patience count or threshold resumes as keras_plateau counts; both are read per step).
+        settings = {k: getattr(scheduler, k) for k in ("patience", "threshold", "threshold_mode")}
         scheduler.load_state_dict(saved["scheduler"])
-        # A state saved with torch's own count and threshold resumes with Keras's (both are read per step).
-        scheduler.patience, scheduler.threshold, scheduler.threshold_mode = cfg.lr_patience - 1, KERAS_MIN_DELTA, "abs"
+        for name, value in settings.items():
+            setattr(scheduler, name, value)
         stopper.load_state_dict(saved["early_stopping"])
         if averaged is not None:
             averaged.load_state_dict(saved["averaged"])
