@@ -192,6 +192,19 @@ def test_the_plateau_counts_an_improvement_as_keras_does(best, then):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # a real improvement: no cut
 
 
+def test_a_state_saved_with_torchs_plateau_settings_resumes_with_keras(small_equity_windows, tmp_path):
+    """A state saved before the plateau counted as Keras does (torch's patience, its relative
+    threshold) resumes with this run's settings; its counters are the saved ones."""
+    cfg = dataclasses.replace(CFG, epochs=2, lr_patience=1)
+    train(make_model(small_equity_windows), *sets(small_equity_windows), cfg, tmp_path, stop_after_epochs=1)
+    saved = load_training_state(tmp_path / TRAINING_STATE)
+    saved["scheduler"] |= {"patience": 1, "threshold_mode": "rel", "num_bad_epochs": 0}
+    save_training_state(tmp_path / TRAINING_STATE, saved)
+    train(make_model(small_equity_windows), *sets(small_equity_windows), cfg, tmp_path)
+    plateau = load_training_state(tmp_path / TRAINING_STATE)["scheduler"]
+    assert (plateau["patience"], plateau["threshold"], plateau["threshold_mode"]) == (0, 1e-4, "abs")
+
+
 def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, tmp_path):
     """With a learning rate far below float32 resolution the weights cannot move, so validation
     never improves after the first epoch: the plateau scheduler cuts the rate after every
