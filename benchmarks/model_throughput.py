@@ -5,9 +5,10 @@ A train step is what lem_model.train runs per batch (its make_train_step): forwa
 backward, gradient clipping, the fused Adam step and the constraint projection. On CUDA,
 ``--cuda-graphs`` also times that step replayed as one CUDA graph.
 With ``--reference-python`` (the python of a virtualenv holding ``lems`` 0.1.1, see
-benchmarks/reference_lems.py) the reference is timed on the same inputs in the same run, and
-the ratio printed; otherwise the numbers the issue measured for it (172 and 25 train samples/s)
-stand in. The benchmark refuses to time while another process is using the CPU.
+benchmarks/reference_lems.py) the reference is timed on the same inputs in the same run (in a
+child process, with the same allocator settings and warm-up as ours) and the ratio printed;
+without it, a CPU run prints our numbers and no ratio: a figure measured on another day is no
+baseline. The benchmark refuses to time while another process is using the CPU.
 
     python benchmarks/model_throughput.py --reference-python ../lems-ref/bin/python [--steps 5] [--profile 15]
 
@@ -37,7 +38,12 @@ from lem_model.cuda_graphs import GraphedTrainStep
 from lem_model.devices import autocast, keep_freed_memory
 from lem_model.train import TrainConfig, adam, make_train_step, objective
 
-REFERENCE_TRAIN_SAMPLES_PER_S = {"small": 172.0, "paper": 25.0}  # lems 0.1.1, Keras 3.15 on torch, 2 threads
+# Steps run before the clock starts, on both sides (benchmarks/reference_lems.py takes it as an
+# argument): allocator and lazy initialisation, Keras's tracing.
+WARMUP = 2
+# glibc's environment spelling of devices.keep_freed_memory, for the reference's process: both
+# sides keep freed memory, so the ratio is the code's, not the allocator's.
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def make_batch(cfg: LEMConfig, batch: int, device: str):
@@ -53,7 +59,8 @@ def make_batch(cfg: LEMConfig, batch: int, device: str):
 
 
 def timed(fn, steps: int, device: str) -> float:
-    fn()  # warm-up (allocator, lazy init)
+    for _ in range(WARMUP):
+        fn()
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -180,8 +187,8 @@ def bench_reference(cfg: LEMConfig, batch: int, steps: int, python: str, threads
         path = os.path.join(tmp, "inputs.npz")
         np.savez(path, x=x, min_rate=rmin, max_rate=rmax, volumes=vol, prices=px)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_lems.py")
-        done = subprocess.run([python, script, path, json.dumps(asdict(cfg)), str(steps), str(threads)],
-                              capture_output=True, text=True)
+        done = subprocess.run([python, script, path, json.dumps(asdict(cfg)), str(steps), str(threads), str(WARMUP)],
+                              capture_output=True, text=True, env={**os.environ, **KEEP_FREED_MEMORY_ENV})
     if done.returncode:
         sys.exit(f"the reference benchmark failed under {python}:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -251,22 +258,22 @@ def main() -> None:
     for name, cfg, batch in (("small", SMALL, 64), ("paper", PAPER, 256)):
         if args.only and name != args.only:
             continue
+        ref_train, source = None, "-"
         if args.device == "cuda":
-            ref_train, source = None, "our eager"  # no GPU reference: the ratio is against our eager, this run
+            source = "our eager"  # no GPU reference: the ratio is against our eager, this run
         elif args.reference_python:
             ref_fwd, ref_train = bench_reference(cfg, batch, args.steps, args.reference_python, args.threads)
             source = "measured now"
             print(f"{name:8} {'lems':16} {batch:5d} {ref_fwd:10.1f} {ref_train:9.1f}")
-        else:
-            ref_train, source = REFERENCE_TRAIN_SAMPLES_PER_S[name], "issue's figure"
         modes = ["eager"] + ["compiled"] * args.compile
         if args.cuda_graphs and args.device == "cuda":
             modes += ["graphed"] + ["compiled+graphed"] * args.compile
         for mode in modes:
             fwd, train = bench_ours(cfg, batch, args.steps, args.device, mode)
-            ref_train = ref_train or train  # on CUDA: the first mode, eager
-            print(f"{name:8} {mode:16} {batch:5d} {fwd:10.1f} {train:9.1f} {ref_train:9.1f} ({source:>14}) "
-                  f"{train / ref_train:5.2f}x")
+            if args.device == "cuda":
+                ref_train = ref_train or train  # the first mode, eager
+            ratio = f"{ref_train:9.1f} ({source:>14}) {train / ref_train:5.2f}x" if ref_train else f"{'-':>26} {'-':>6}"
+            print(f"{name:8} {mode:16} {batch:5d} {fwd:10.1f} {train:9.1f} {ratio}")
         if args.breakdown:
             print(f"  {name}: an eager train step's time, milliseconds per step")
             for part, ms in breakdown_ours(cfg, batch, args.steps, args.device):

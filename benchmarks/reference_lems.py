@@ -9,7 +9,7 @@ packages that do not belong in ours:
 
 model_throughput.py starts it with ``--reference-python ../lems-ref/bin/python``; by hand:
 
-    ../lems-ref/bin/python benchmarks/reference_lems.py INPUTS.npz CONFIG_JSON STEPS THREADS
+    ../lems-ref/bin/python benchmarks/reference_lems.py INPUTS.npz CONFIG_JSON STEPS THREADS WARMUP
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import time
 
 
-def main(inputs_path: str, config_json: str, steps: int, threads: int) -> None:
+def main(inputs_path: str, config_json: str, steps: int, threads: int, warm: int) -> None:
     os.environ["KERAS_BACKEND"] = "torch"
     import numpy as np
     import torch
@@ -49,11 +49,11 @@ def main(inputs_path: str, config_json: str, steps: int, threads: int) -> None:
         def on_train_batch_end(self, batch_index, logs=None):
             ends.append(time.perf_counter())
 
-    warm = 2
     model.fit([np.concatenate([a] * (warm + steps)) for a in inputs], np.concatenate([y] * (warm + steps)),
               batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[BatchClock()])
     train = batch * steps / (ends[-1] - ends[warm - 1])
-    model.predict(inputs, batch_size=batch, verbose=0)  # warm-up
+    for _ in range(warm):
+        model.predict(inputs, batch_size=batch, verbose=0)
     t0 = time.perf_counter()
     for _ in range(steps):
         model.predict(inputs, batch_size=batch, verbose=0)
@@ -62,4 +62,4 @@ def main(inputs_path: str, config_json: str, steps: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -145,6 +145,9 @@ def main() -> None:
           f"selection {args.selection}, average decay {args.average_decay}, "
           f"seed {args.seed}, match forecast {args.match_forecast}, {args.epochs} epochs of {args.samples} windows, "
           f"{args.size} model, batch {args.batch_size}, device {args.device}, cuda graphs {args.cuda_graphs}")
+    # The "rule" prior keeps no thresholds: fit them on the same training draw, so every report
+    # (each epoch's too) compares with the fitted rule, not the plain one.
+    thresholds = model.stop_thresholds if args.prior == "fitted" else fit_rule_prior(model, train_set, cfg)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as state:
         def on_epoch_end(epoch: int, metrics: dict) -> None:
@@ -158,13 +161,11 @@ def main() -> None:
                     saved = load_training_state(Path(state) / TRAINING_STATE)["averaged"]
                     judged.load_state_dict({k.removeprefix("module."): v for k, v in saved.items()
                                             if k.startswith("module.")})
-                report(judged, val, model.stop_thresholds if args.prior == "fitted" else None, args.device, dates)
+                report(judged, val, thresholds, args.device, dates)
 
         result = train(model, train_set, val, cfg, state, resume=False, on_epoch_end=on_epoch_end)
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {result.best_epoch + 1}, "
           f"validation objective {result.best_val_loss:.5f}")
-    # The "rule" prior keeps no thresholds: fit them on the same training draw for the comparison.
-    thresholds = model.stop_thresholds if args.prior == "fitted" else fit_rule_prior(model, train_set, cfg)
     print("fitted thresholds (bps, per head; buy / sell):")
     print("  " + " ".join(f"{int(b)}/{int(s)}" for b, s in thresholds[:-1].tolist()))
     report(model, val, thresholds, args.device, dates)

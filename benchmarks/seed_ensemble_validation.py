@@ -100,8 +100,13 @@ def main() -> None:
         report(str(d), evs[-1])
     report("average of the allocations", evaluate(AllocationAverage(members), val, min_rate=1 / N**2, batch_size=1024))
     match = np.stack([np.concatenate([ev.model_bps[:, N, kind, Target.VOLUME] for _, kind, _ in SIDES]) for ev in evs])
+    twap = np.concatenate([evs[0].twap_volume_bps for _ in SIDES])  # the same windows for every member
+    # The raw slippages share the market's noise, so they correlate highly even between heads
+    # that differ; less TWAP's, what is left is each head's own schedule.
     print("correlation of the members' Match VWAP slippages (buys and sells pooled):")
     print(np.array2string(np.corrcoef(match), precision=4))
+    print("the same less TWAP Volume's slippage on each window:")
+    print(np.array2string(np.corrcoef(match - twap), precision=4))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ cell: what one bar of perfect foresight is worth, the rule deciding from the bar
 
 ``--market-windows``: also write a copy of the windows with the market column appended to each
 bar's features (the other arrays linked), for rule_prior_validation.py to train the preset's
-model on. About 9 minutes on 2 cores for dow30_cpu's windows.
+model on. About 8 minutes on 2 cores for dow30_cpu's windows.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main() -> None:
         for side, sign in SIDE_SIGNS:
             slip = np.concatenate([rule_slippage(p_va, v_va, no_input, j, sign, np.array([0.0]), np.zeros(1), peek)
                                    for peek in (False, True)], axis=1)
-            p = paired((slip[:, 0] - slip[:, 1]) * sign, dates)
+            p = paired((slip[:, 0] - slip[:, 1]) * sign, dates, min_block=N)
             print(f"  peek   {side:4} {j + 1:2}: the rule deciding from the bar it trades, over the rule: "
                   f"{p.mean:+6.2f} [{p.ci95[0]:+6.2f}, {p.ci95[1]:+6.2f}]", flush=True)
     for name, column in candidate_columns(args.windows, meta, args.candidates).items():
@@ -171,7 +171,7 @@ def main() -> None:
                 best = int(np.argmin(cost))
                 chosen = [fitted, best]
                 val_slip = rule_slippage(p_va, v_va, z_va, j, sign, grid_t[chosen], grid_c[chosen])
-                p = paired((val_slip[:, 0] - val_slip[:, 1]) * sign, dates)
+                p = paired((val_slip[:, 0] - val_slip[:, 1]) * sign, dates, min_block=N)
                 print(f"  {name:6} {side:4} {j + 1:2}: fitted rule {grid_t[fitted]:3.0f} bps; with the candidate "
                       f"{grid_t[best]:3.0f} bps, c {grid_c[best]:+5.1f}; training gain {cost[fitted] - cost[best]:5.2f}"
                       f"; validation {p.mean:+6.2f} [{p.ci95[0]:+6.2f}, {p.ci95[1]:+6.2f}]", flush=True)

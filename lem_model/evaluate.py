@@ -222,13 +222,15 @@ def headline(ev: EvalArrays) -> dict[str, float]:
 
 
 def match_vwap_std(ev: EvalArrays) -> float:
-    """Std of the Match VWAP head's slippage (VWAP, volume), buy and sell pooled."""
+    """Std of the Match VWAP head's slippage (VWAP, volume): the mean of the buy and the sell
+    std, as the summary contract defines it. Not the std of both sides pooled: that would add
+    the gap between the sides' means, which is no risk either order carries."""
     N = ev.n_ahead
-    return float(np.concatenate([ev.model_bps[:, N, kind, Target.VOLUME] for _, kind, _ in SIDES]).std())
+    return float(np.mean([ev.model_bps[:, N, kind, Target.VOLUME].std() for _, kind, _ in SIDES]))
 
 
 def match_vwap_std_reduction(ev: EvalArrays) -> float:
-    """1 - std(Match VWAP, buy and sell pooled) / std(TWAP Volume): the risk the model takes off
+    """1 - std(Match VWAP, mean of buy and sell) / std(TWAP Volume): the risk the model takes off
     TWAP when it only has to match the VWAP (the paper's headline)."""
     twap_std = float(ev.twap_volume_bps.std())
     return 1 - match_vwap_std(ev) / twap_std if twap_std else float("nan")

@@ -13,7 +13,10 @@ Issue 13 adds, from the trade log (lem_pipeline.trade_log): ``rows`` gain the ba
 "VWAP Profile" and (costs on) "Almgren-Chriss" and every row an ``arrival_mean``; ``net`` (per
 order size as a fraction of ADV, "0.001": rows net of impact and fees, each with ``fill_rate``,
 ``impact_bps`` and ``fees_bps``); ``regimes`` (the rows per volatility tercile and trend sign);
-``costs`` (the cost model used). Later issues add keys, never rename them. A number that does not
+``costs`` (the cost model used). ``vs_rule_arrival`` and ``vs_twap_arrival`` (from the trade
+log): the pairs of ``vs_rule`` and ``vs_twap`` scored against the arrival price instead, per side
+and, as side "BOTH", the mean of the two sides' advantages on each window (see
+:data:`ARRIVAL_KEYS`). Later issues add keys, never rename them. A number that does not
 exist (NaN) is ``null``.
 
 Every evaluation writes one per frequency: ``summary.json`` when it has one frequency (equity,
@@ -31,8 +34,9 @@ import polars as pl
 
 from lem_model.costs import CostConfig
 from lem_model.evaluate import STAT_NAMES, EvalArrays, main_table, match_vwap_std_reduction, stats
-from lem_model.ledger import ALMGREN_CHRISS, LEM, PROFILE, RULE, TWAP
-from lem_model.paired import DEFAULT_RESAMPLES, comparisons
+from lem_model.ledger import ALL, ALMGREN_CHRISS, LEM, PROFILE, RULE, SIDE_NAMES, TWAP
+from lem_model.paired import DEFAULT_RESAMPLES, Paired, advantage, comparisons, paired
+from lem_model.vocabulary import Side
 from lem_pipeline.reporting import TABLE_DECIMALS, frequency_label
 from lem_pipeline.trade_log import ORDER_KEYS, VOLATILITY_REGIMES
 
@@ -41,7 +45,19 @@ STAT_KEYS = tuple(s.lower() for s in STAT_NAMES)  # mean, std, median, p5, p95, 
 # summary.json's paired lists, by the baseline each compares against (lem_model.paired.BASELINES).
 # vs_fitted_rule only where the evaluation scored the fitted rule (a model started as one).
 PAIRED_KEYS = {"vs_rule": "rule", "vs_twap": "twap", "vs_fitted_rule": "fitted_rule"}
-PAIRED_LABELS = {"vs_rule": "Rule", "vs_twap": "TWAP Volume", "vs_fitted_rule": "Fitted rule"}  # in the paired table
+# The same pairs against the arrival price (the VWAP of the bar before execution), from the trade
+# log. The tables' benchmark, the VWAP of the bars an order executed on, moves with the order's
+# own duration: an order that stops when the last price beat its average paid gains against it
+# even on a random walk (about 30 bps for the one-line rule over TWAP, README "What the table
+# metric rewards"). The arrival price does not move with the order, so on a random walk no
+# causal stop gains against it; what a schedule gains there is foresight or exposure to the
+# drift. Side "BOTH" averages the two sides' advantages on each window: a schedule that only
+# trades later (or earlier) than its baseline on both sides gains on one side what it loses on
+# the other in a trending market, so BOTH cancels that drift exposure.
+ARRIVAL_KEYS = {"vs_rule_arrival": RULE, "vs_twap_arrival": TWAP}
+BOTH_SIDES = "BOTH"
+PAIRED_LABELS = {"vs_rule": "Rule", "vs_twap": "TWAP Volume", "vs_fitted_rule": "Fitted rule",
+                 "vs_rule_arrival": "Rule, vs arrival", "vs_twap_arrival": "TWAP Volume, vs arrival"}  # in the paired table
 
 
 # The trade-log order (strategy, side, target) of each main-table row; side-less baselines are
@@ -153,11 +169,49 @@ def build_summary(dataset: str, freq_min: int, ev: EvalArrays, index: pl.DataFra
     for key, baseline in PAIRED_KEYS.items():
         if baseline == "fitted_rule" and not ev.evaluated("fitted_rule_bps"):
             continue
-        out[key] = [{"side": side, "min_period": m, "advantage_bps": _number(p.mean),
-                     "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),
-                     "windows": p.windows, "dates": p.dates, "block_length": p.block_length}
-                    for side, m, p in comparisons(ev, dates, baseline, resamples=resamples)]
+        out[key] = [_paired_entry(side, m, p) for side, m, p in comparisons(ev, dates, baseline, resamples=resamples)]
     out["match_vwap_std_reduction"] = _number(match_vwap_std_reduction(ev))
+    if ledger is not None:
+        for key, strategy in ARRIVAL_KEYS.items():
+            out[key] = [_paired_entry(side, m, p) for side, m, p in
+                        arrival_comparisons(ledger, ev.n_ahead, strategy, resamples=resamples)]
+    return out
+
+
+def _paired_entry(side: str, min_period: int, p: Paired) -> dict:
+    return {"side": side, "min_period": min_period, "advantage_bps": _number(p.mean),
+            "ci95": [_number(p.ci95[0]), _number(p.ci95[1])], "win_rate": _number(p.win_rate),
+            "windows": p.windows, "dates": p.dates, "block_length": p.block_length}
+
+
+def arrival_comparisons(ledger: pl.DataFrame, n_ahead: int, baseline: str, *,
+                        resamples: int = DEFAULT_RESAMPLES) -> list[tuple[str, int, Paired]]:
+    """(side, minimum period 1..N, paired advantage) of the LEM's VWAP volume orders over
+    ``baseline`` (RULE: the rule's same head; TWAP) against the arrival price, from one
+    frequency's trade log; then side BOTH, the two sides' mean per window. Blocks of at least N
+    dates, as :func:`lem_model.paired.comparisons`."""
+    orders = ledger.filter(pl.col("target") == "volume").select(
+        "window", "start_time", "strategy", "side", "min_period", pl.col("arrival_bps").cast(pl.Float64))
+    groups = orders.partition_by(["strategy", "side", "min_period"], as_dict=True)
+    out, per_side = [], {}
+    for side in SIDE_NAMES:
+        for m in range(1, n_ahead + 1):
+            lem = groups.get((LEM, side, str(m)))
+            base = groups.get((baseline, side, str(m) if baseline == RULE else ALL))
+            if lem is None or base is None:
+                raise ValueError(f"the trade log has no {LEM if lem is None else baseline} {side} orders at minimum "
+                                 f"period {m}: it is not this evaluation's")
+            pair = lem.join(base.select("window", pl.col("arrival_bps").alias("base")), on="window").sort("window")
+            if not len(pair) == len(lem) == len(base):
+                raise ValueError(f"{side} at minimum period {m}: {len(lem)} LEM and {len(base)} {baseline} orders, "
+                                 f"{len(pair)} on the same windows")
+            values = advantage(pair["arrival_bps"].to_numpy(), pair["base"].to_numpy(), Side[side])
+            dates = pair["start_time"].dt.date().to_numpy()
+            per_side[side, m] = values, dates
+            out.append((side, m, paired(values, dates, min_block=n_ahead, resamples=resamples)))
+    for m in range(1, n_ahead + 1):
+        (buy, dates), (sell, _) = per_side[SIDE_NAMES[0], m], per_side[SIDE_NAMES[1], m]
+        out.append((BOTH_SIDES, m, paired((buy + sell) / 2, dates, min_block=n_ahead, resamples=resamples)))
     return out
 
 
@@ -168,17 +222,18 @@ def write_summary(summary: dict, path: Path) -> Path:
 
 def paired_tables(summary: dict) -> dict[str, list[dict]]:
     """The paired lists by their table label (reporting.paired_frame)."""
-    return {PAIRED_LABELS[key]: summary[key] for key in PAIRED_KEYS if key in summary}
+    return {label: summary[key] for key, label in PAIRED_LABELS.items() if key in summary}
 
 
 def paired_metrics(summary: dict, frequencies: int) -> dict[str, float]:
     """The vs_rule numbers as MLflow metrics, ``test_vs_rule_buy_min6_bps`` and its ``_ci_lo``,
-    ``_ci_hi``, ``_win_rate``; with several frequencies the frequency follows ``vs_rule``
-    (``test_vs_rule_60min_buy_min6_bps``). Missing (null) numbers are left out."""
+    ``_ci_hi``, ``_win_rate``, and vs_rule_arrival's as ``test_vs_rule_arrival_both_min6_bps``...;
+    with several frequencies the frequency follows the key (``test_vs_rule_60min_buy_min6_bps``).
+    Missing (null) numbers are left out."""
     freq = "" if frequencies == 1 else f"_{summary['frequency']}"
     out: dict[str, float] = {}
-    for e in summary["vs_rule"]:
-        stem = f"test_vs_rule{freq}_{e['side'].lower()}_min{e['min_period']}"
+    for key, e in ((k, e) for k in ("vs_rule", "vs_rule_arrival") for e in summary.get(k, [])):
+        stem = f"test_{key}{freq}_{e['side'].lower()}_min{e['min_period']}"
         for name, value in (("bps", e["advantage_bps"]), ("ci_lo", e["ci95"][0]), ("ci_hi", e["ci95"][1]),
                             ("win_rate", e["win_rate"])):
             if value is not None:

@@ -9,6 +9,7 @@ repository when it exists and are skipped, with the reason, when it does not. CI
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,25 @@ GOLDEN_DIR = FIXTURES / "golden"  # lem_loss_golden.npz: reference values of lem
 # The whole mirror beside the repository (not shipped): only for the tests marked below.
 FULL_MIRROR = (REPO / ".." / "shared" / "data").resolve()
 FULL_YAHOO_DIR = FULL_MIRROR / "yahoo"
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without the developer's LEM_*, DAGSTER_* and MLFLOW_* settings
+    (and MLflow's own MLFLOW_TRACKING_URI, which ``mlflow.set_tracking_uri`` exports), plus
+    ``settings``: what a subprocess under test starts from, so it never writes into a real store."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LEM_", "DAGSTER_", "MLFLOW_"))}
+    return base | settings
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_stays_in_its_test() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI: without this, one test's store
+    would be every later test's (and its subprocesses') default."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(saved)  # None: unset, in MLflow and in os.environ
+
 
 needs_full_mirror = pytest.mark.skipif(
     not FULL_YAHOO_DIR.is_dir(),

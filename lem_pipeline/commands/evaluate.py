@@ -21,6 +21,7 @@ from lem_pipeline.windows import DATASET_BY_SEASONALITY
 
 EXPERIMENT = "lem-evaluate"
 MODEL_RUN_TAG = "lem.model_run_id"  # the training run of the evaluated model
+MODEL_TEST_START_TAG = "lem.model_test_start"  # the model's own test split: a span before it is not a test
 DEFAULT_BATCH = 256
 
 
@@ -98,7 +99,6 @@ def evaluate(args: argparse.Namespace) -> int:
 
     test_start, test_end = check_args(args)
     model, cfg = load_model_source(args.model)
-    run_id = model_run_id(args.model, model)
     tracking = MLflowTracking.from_environment()
     check_store(tracking.tracking_uri)  # the run is logged after --out is written: a bad store fails now
     dataset = DATASET_BY_SEASONALITY[cfg.seasonality]
@@ -120,12 +120,19 @@ def evaluate(args: argparse.Namespace) -> int:
         series = universe.binance_bars(args.binance_url, names, market=args.market, interval=args.interval,
                                        freq_min=args.freq_min, cfg=cfg, test_start=test_start, test_end=test_end)
         what = f"--symbols {','.join(names)}"
+    run_id = model_run_id(args.model, model)  # after the arguments: its warnings are for a run that happens
+    if test_start < cfg.test_start:
+        # Any universe and span may be evaluated, but one that reaches into the model's own
+        # training or validation period is not a test: say so, and tag the run.
+        print(f"warning: --test-start {test_start} is before the model's own test split ({cfg.test_start}): "
+              "these windows may overlap the period it was trained or selected on", file=sys.stderr)
     out = Path(args.out).resolve()
     with tempfile.TemporaryDirectory(prefix="lem-evaluate-windows-") as tmp:
         report = universe.build_test_windows(series, cfg, test_start, test_end, Path(tmp) / dataset, what)
         result = evaluate_windows(dataset, model, report.directory, out, batch_size=args.batch_size,
                                   device=args.device)
     tags = {"lem.model": args.model, "lem.universe": ",".join(names), "lem.test_start": test_start.isoformat(),
+            MODEL_TEST_START_TAG: cfg.test_start.isoformat(),
             **({"lem.test_end": test_end.isoformat()} if test_end else {}),
             **({MODEL_RUN_TAG: run_id} if run_id else {})}
     with tracking.run(EXPERIMENT, run_name=f"{dataset} {','.join(names)} from {test_start}", tags=tags) as run:

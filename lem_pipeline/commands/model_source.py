@@ -13,10 +13,11 @@ from pathlib import Path
 
 from lem_pipeline.errors import UserError, quote
 
-# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a truncated
-# or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
-# weights of another shape: RuntimeError): the user's file is wrong, not the code.
-_CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
+# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a field of
+# the wrong type, "n_ahead": "12": TypeError; an unknown name, "seasonality": "weekly": KeyError;
+# a truncated or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file:
+# OSError; weights of another shape: RuntimeError): the user's file is wrong, not the code.
+_CORRUPT_MODEL = (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
 
 
@@ -92,15 +93,14 @@ def model_run_id(source: str, model) -> str | None:
     except ValueError as e:  # not JSON
         raise UserError(f"--model {source}: corrupt {LINEAGE} ({quote(e)})") from e
     if lineage is None:
-        return None
-    if not isinstance(lineage, dict) or not lineage.get("mlflow_run_id"):
+        why = f"no {LINEAGE} (a directory the pipeline did not write)"
+    elif not isinstance(lineage, dict) or not lineage.get("mlflow_run_id"):
         raise UserError(f"--model {source}: corrupt {LINEAGE} (no mlflow_run_id)")
-    run = lineage["mlflow_run_id"]
-    if not lineage.get("weights_sha256"):
-        why = f"{LINEAGE} records no weights digest for MLflow run {run}"
+    elif not lineage.get("weights_sha256"):
+        why = f"{LINEAGE} records no weights digest for MLflow run {lineage['mlflow_run_id']}"
     elif lineage["weights_sha256"] != weights_digest(model):
-        why = f"the weights are not the ones {LINEAGE} recorded for MLflow run {run}"
+        why = f"the weights are not the ones {LINEAGE} recorded for MLflow run {lineage['mlflow_run_id']}"
     else:
-        return run
+        return lineage["mlflow_run_id"]
     print(f"warning: --model {source}: {why}; the evaluation is tied to no training run", file=sys.stderr)
     return None

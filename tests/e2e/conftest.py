@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+# Where the browser tests leave their screenshots: LEM_TEST_ARTIFACTS when set (a CI job that keeps
+# them), else a folder under the system's temporary directory: never the repository.
+SCREENSHOTS = Path(os.environ.get("LEM_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "lem-test-artifacts") / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -39,7 +42,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    """``cmd`` in its own process group, run in the log's (temporary) folder: a server that writes
+    beside itself (MLflow's default artifact folder) writes there, not into the repository."""
+    return subprocess.Popen(cmd, cwd=log.parent, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -1,15 +1,15 @@
 """The Dagster UI in a real browser: the asset graph of every stage, and a materialisation
-launched by clicking."""
+launched by clicking that builds real bars (the fixture tickers' daily bars are ingested into the
+same instance first), shown in the UI and recorded in the instance."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BINANCE_MIRROR, YAHOO_DIR
+from tests.conftest import BINANCE_MIRROR, YAHOO_DIR, clean_env
 from tests.e2e.conftest import REPO, SCREENSHOTS, free_port, start, stop, wait_http
 
 STAGES = {
@@ -19,6 +19,7 @@ STAGES = {
     "evaluation": ["crypto_evaluation", "equity_evaluation"],
 }
 LOCATION = "lem_pipeline.definitions"
+INGESTED = ("AAPL", "KO", "MSFT")  # the demo's tickers the fixture set ships (not JPM)
 
 
 @pytest.fixture
@@ -26,11 +27,24 @@ def dagster_ui(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    # The daily bars equity_bars reads, ingested into the same instance and lake as the UI's.
+    import dagster as dg
+
+    from lem_pipeline.definitions import build_definitions
+    from lem_pipeline.lake import DataLake
+    from lem_pipeline.local_runs import run_partitions
+    from lem_pipeline.presets import PRESETS
+    from lem_pipeline.resources import YahooSource
+
+    defs = build_definitions(PRESETS["demo"], resources={"lake": DataLake(root=str(tmp_path / "data")),
+                                                         "yahoo": YahooSource(csv_dir=str(YAHOO_DIR))})
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert run_partitions(defs, "equity_ingest_job", instance, INGESTED, progress=False).failed == {}
     port = free_port()
-    env = os.environ | {"DAGSTER_HOME": str(home), "LEM_DATA_DIR": str(tmp_path / "data"), "LEM_PRESET": "demo",
-                        "LEM_MLFLOW_DIR": str(tmp_path / "mlruns"), "LEM_BINANCE_URL": BINANCE_MIRROR.as_uri(),
-                        "LEM_YAHOO_DIR": str(YAHOO_DIR)}
-    proc = start([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+    env = clean_env(DAGSTER_HOME=str(home), LEM_DATA_DIR=str(tmp_path / "data"), LEM_PRESET="demo",
+                    LEM_MLFLOW_DIR=str(tmp_path / "mlruns"), LEM_BINANCE_URL=BINANCE_MIRROR.as_uri(),
+                    LEM_YAHOO_DIR=str(YAHOO_DIR))
+    proc = start([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
                   "-p", str(port)], env, tmp_path / "dagster_dev.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/server_info", proc, timeout=180)
@@ -64,10 +78,22 @@ def test_asset_graph_and_a_materialisation_launched_by_clicking(dagster_ui, brow
     page.get_by_text("Success", exact=True).first.wait_for(timeout=180_000)
     page.screenshot(path=str(SCREENSHOTS / "dagster_run_success.png"), full_page=True)
     assert page.get_by_text("Manually launched").count() == 1
-    # the click went through the webserver into this instance: the materialisation is recorded there
+    # the click went through the webserver into this instance: the materialisation is recorded there,
+    # with the bars of the ingested tickers written to the lake
     import dagster as dg
+    import polars as pl
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
-        assert instance.get_latest_materialization_event(dg.AssetKey("equity_bars")) is not None
+        clicked = [r for r in instance.get_runs() if r.job_name == "__ASSET_JOB"]
+        assert len(clicked) == 1 and clicked[0].status == dg.DagsterRunStatus.SUCCESS
+        event = instance.get_latest_materialization_event(dg.AssetKey("equity_bars"))
+        assert event is not None and event.run_id == clicked[0].run_id
+        metadata = event.asset_materialization.metadata
+    files = sorted((tmp_path / "data" / "bars" / "equity").glob("*.parquet"))
+    assert [f.name.split("_")[0] for f in files] == sorted(INGESTED)
+    bars = sum(pl.read_parquet(f).height for f in files)
+    assert bars > 3 * 5000 and metadata["bars"].value == bars
+    # and the UI shows it: the asset's page names the run that materialised it
+    page.goto(f"{url}/assets/equity_bars", wait_until="networkidle", timeout=60_000)
+    page.get_by_text(clicked[0].run_id[:8]).first.wait_for(timeout=60_000)
+    page.screenshot(path=str(SCREENSHOTS / "dagster_equity_bars.png"), full_page=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from tests.conftest import clean_env
 from tests.e2e.conftest import SCREENSHOTS, free_port, start, stop, wait_http
 from lem_pipeline.tracking import MLflowTracking
 
@@ -26,7 +26,7 @@ def mlflow_ui(tmp_path):
                 mlflow.log_metrics({"val_loss": loss, "loss": loss + 0.01}, step=step)
     port = free_port()
     proc = start([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", tracking.tracking_uri,
-                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], os.environ.copy(), tmp_path / "mlflow_ui.log")
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], clean_env(), tmp_path / "mlflow_ui.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=180)
         yield f"http://127.0.0.1:{port}", exp_id

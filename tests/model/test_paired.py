@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from lem_model.evaluate import EvalArrays
+from lem_model.evaluate import EvalArrays, match_vwap_std, match_vwap_std_reduction
 from lem_model.paired import advantage, block_bootstrap_mean, block_length, comparisons, paired, win_rate
 from lem_model.vocabulary import OrderKind, Side, Target
 
@@ -111,3 +111,19 @@ def test_the_block_floor_holds_when_the_dates_are_few():
     values = rng.standard_normal(240)
     assert paired(values, np.arange(240) % 20, min_block=12).block_length == 12
     assert all(math.isnan(b) for b in paired(values, np.arange(240) % 12, min_block=12).ci95)
+
+
+def test_match_vwap_risk_is_the_mean_of_the_buy_and_sell_std_not_their_pooled_std():
+    """The contract's ``match_vwap_std_reduction``: 1 - mean(std buy, std sell) / std(TWAP). Two
+    sides each with std 1 but means +5 and -5 pooled would read std sqrt(26), a risk no order has."""
+    n, N = 4000, 2
+    rng = np.random.default_rng(3)
+    model = np.zeros((n, N + 1, 4, 2))
+    model[:, N, OrderKind.BUY_VWAP, Target.VOLUME] = 5 + rng.normal(size=n)
+    model[:, N, OrderKind.SELL_VWAP, Target.VOLUME] = -5 + rng.normal(size=n)
+    twap = 2 * rng.normal(size=n)
+    ev = EvalArrays(model, model, twap, twap, np.zeros((N, N + 1, 4, 2)), 0.0, True)
+    stds = [model[:, N, k, Target.VOLUME].std() for k in (OrderKind.BUY_VWAP, OrderKind.SELL_VWAP)]
+    assert match_vwap_std(ev) == pytest.approx(np.mean(stds))
+    assert match_vwap_std_reduction(ev) == pytest.approx(1 - np.mean(stds) / twap.std())
+    assert match_vwap_std_reduction(ev) == pytest.approx(0.5, abs=0.03)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.window_dataset import WindowDataset
 from lem_model.train import NonFiniteLossError, TrainConfig, seed_everything, train
 from lem_model.training_state import TRAINING_STATE, load_training_state, save_training_state
+from tests.conftest import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = TrainConfig(epochs=3, batch_size=64, lr=1e-3, seed=3, progress=False, early_stop_patience=5)
@@ -89,7 +89,7 @@ def test_non_finite_batch_stops_training_and_keeps_the_last_good_checkpoint(smal
 
 def test_two_process_torchrun_ddp(small_equity_windows, tmp_path):
     out = tmp_path / "ddp"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "LEM_MLFLOW_DIR": str(tmp_path / "mlruns"), "LEM_PRESET": "demo"}
+    env = clean_env(OMP_NUM_THREADS="1", LEM_MLFLOW_DIR=str(tmp_path / "mlruns"), LEM_PRESET="demo")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     script = (
         "import os, sys, pathlib; from lem_pipeline import train_ddp; "
@@ -194,15 +194,19 @@ def test_the_plateau_counts_an_improvement_as_keras_does(best, then):
 
 def test_a_state_saved_with_torchs_plateau_settings_resumes_with_keras(small_equity_windows, tmp_path):
     """A state saved before the plateau counted as Keras does (torch's patience, its relative
-    threshold) resumes with this run's settings; its counters are the saved ones."""
+    threshold) resumes with this run's settings; its counters are the saved ones: a saved best no
+    epoch can reach makes the resumed epoch a bad one, and with Keras's patience the rate is cut
+    (a fresh scheduler would take that epoch as its best and keep the rate)."""
     cfg = dataclasses.replace(CFG, epochs=2, lr_patience=1)
     train(make_model(small_equity_windows), *sets(small_equity_windows), cfg, tmp_path, stop_after_epochs=1)
     saved = load_training_state(tmp_path / TRAINING_STATE)
-    saved["scheduler"] |= {"patience": 1, "threshold_mode": "rel", "num_bad_epochs": 0}
+    saved["scheduler"] |= {"patience": 1, "threshold_mode": "rel", "num_bad_epochs": 0, "best": -1e9}
     save_training_state(tmp_path / TRAINING_STATE, saved)
     train(make_model(small_equity_windows), *sets(small_equity_windows), cfg, tmp_path)
     plateau = load_training_state(tmp_path / TRAINING_STATE)["scheduler"]
     assert (plateau["patience"], plateau["threshold"], plateau["threshold_mode"]) == (0, 1e-4, "abs")
+    assert plateau["best"] == -1e9
+    assert plateau["_last_lr"][0] == pytest.approx(cfg.lr * cfg.lr_factor, rel=1e-6)
 
 
 def test_early_stopping_fires_and_the_learning_rate_drops(small_equity_windows, tmp_path):

@@ -14,6 +14,7 @@ STATS = ("mean", "std", "median", "p5", "p95", "q25", "q75")
 SIDES = ("BUY", "SELL")
 PAIRED = ("vs_rule", "vs_twap")
 OPTIONAL_PAIRED = ("vs_fitted_rule",)  # a model started as the fitted rule (LEMConfig.rule_prior "fitted")
+ARRIVAL_PAIRED = ("vs_rule_arrival", "vs_twap_arrival")  # against the arrival price, with side BOTH too
 
 
 def _number(x) -> bool:
@@ -45,9 +46,10 @@ def check_summary(s: dict, n_ahead: int) -> None:
     for regime in ("volatility", "trend"):
         rows = [e for e in s["regimes"] if e["regime"] == regime and (e["order"], e["min_period"]) == ("TWAP Volume", "All")]
         assert sum(e["windows"] for e in rows) == s["windows"], regime
-    for key in PAIRED + tuple(k for k in OPTIONAL_PAIRED if k in s):
+    for key in PAIRED + tuple(k for k in OPTIONAL_PAIRED if k in s) + ARRIVAL_PAIRED:
         entries = s[key]
-        assert {(e["side"], e["min_period"]) for e in entries} == {(side, m) for side in SIDES
+        sides = SIDES + ("BOTH",) if key in ARRIVAL_PAIRED else SIDES
+        assert {(e["side"], e["min_period"]) for e in entries} == {(side, m) for side in sides
                                                                    for m in range(1, n_ahead + 1)}, key
         for e in entries:
             assert isinstance(e["min_period"], int) and _number(e["advantage_bps"]), e

@@ -16,6 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.conftest import clean_env
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300  # a case that got past validation would start the pipeline: fail it, do not wait for it
 UNKNOWN_RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -107,10 +109,9 @@ def lem(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
     """``python -m lem_pipeline.cli`` in ``cwd``, with every LEM_ setting and DAGSTER_HOME under ``cwd``'s
     sibling folder ``state`` unless ``env`` says otherwise."""
     state = cwd.parent / "state"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LEM_") and k != "DAGSTER_HOME"}
-    base |= {"DAGSTER_HOME": str(state / "dagster_home"), "LEM_DATA_DIR": str(state / "data"),
-             "LEM_MLFLOW_DIR": str(cwd.parent / "mlruns"), "PYTHONPATH": os.pathsep.join(
-                 [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    base = clean_env(DAGSTER_HOME=str(state / "dagster_home"), LEM_DATA_DIR=str(state / "data"),
+                     LEM_MLFLOW_DIR=str(cwd.parent / "mlruns"),
+                     PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", *argv], cwd=cwd, env=base | (env or {}),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from lem_pipeline.definitions import build_definitions
 from lem_pipeline.presets import PRESETS
+from tests.conftest import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,8 @@ def test_paper_universes():
 
 def test_dagster_cli_validates_the_workspace(dagster_home):
     proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=REPO, capture_output=True, text=True, env=os.environ | {"LEM_PRESET": "demo"}, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, env=clean_env(LEM_PRESET="demo", DAGSTER_HOME=str(dagster_home)),
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr
 

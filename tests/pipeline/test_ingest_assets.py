@@ -83,7 +83,10 @@ def test_real_months_through_dagster(mirror, dagster_home, tmp_path):
         meta = materialization(instance, "binance_klines", key(stream.symbol, month))
         assert meta["rows"].value == len(lines)
         assert meta["first_open_time"].value == str(ms(lines[0]))
-        assert meta["sha256"].value  # verified against the CHECKSUM
+        archive = BINANCE_MIRROR / stream.monthly_path(datetime.strptime(month, "%Y-%m").date())
+        published = archive.with_name(archive.name + ".CHECKSUM").read_text().split()[0]
+        assert published == hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert meta["sha256"].value == {f"{mirror.url}/{archive.relative_to(BINANCE_MIRROR).as_posix()}": published}
         assert "dagster/column_schema" in meta
     # February 2020 has 29 days of 24 hours; the ALGO futures month 29 days of 1440 minutes.
     assert len(source_lines(BTC, "2020-02")) == 696 and len(source_lines(ALGO, "2024-02")) == 41760

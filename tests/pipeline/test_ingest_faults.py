@@ -328,7 +328,8 @@ def test_finding_08c_an_empty_or_garbage_local_checksum_is_re_verified_against_t
 @pytest.mark.parametrize("fault", ["trickle", "stall"], ids=["trickling", "hanging"])
 def test_finding_09_a_trickling_or_hanging_server_is_cut_at_the_deadline(mirror, tmp_path, fault):
     """Trickle: a byte every 0.25 s, so no read timeout ever fires. Stall: 8 s of silence, under
-    the 60 s read timeout. Both are cut at the 2 s total deadline."""
+    the 60 s read timeout. Both are cut at the 2 s total deadline: the error names it (only the
+    deadline check raises it), before the stall would have ended (a generous bound, not a speed test)."""
     rel = BTC.monthly_path(JAN_2020)
     mirror.stall_seconds = 8.0
     mirror.faults["/" + rel] = [fault] * 10
@@ -338,7 +339,7 @@ def test_finding_09_a_trickling_or_hanging_server_is_cut_at_the_deadline(mirror,
         client.fetch(rel)
     elapsed = time.monotonic() - start
     print(f"\nfinding 9: {fault} server cut after {elapsed:.2f}s (deadline 2s)")
-    assert elapsed < 3.0
+    assert elapsed < mirror.stall_seconds
     assert not (tmp_path / "cache" / rel).exists()
 
 
@@ -352,19 +353,24 @@ def test_finding_09_refused_connections_give_up_on_the_host_for_every_later_part
     port = _closed_port()
     url = f"http://127.0.0.1:{port}"
     months = [date(2020, m, 1) for m in range(1, 6)]
-    timings, messages = [], []
+    timings, messages, attempts = [], [], []
     for month in months:  # one client per month, as each binance_klines partition makes its own
         client = BinanceDataVision(url, tmp_path / "cache", backoff=0.25)
+        calls = []
+        real_get = client.session.get
+        client.session.get = lambda *a, _real=real_get, _calls=calls, **k: _calls.append(a[0]) or _real(*a, **k)
         start = time.monotonic()
         with pytest.raises(DataVisionError) as e:
             client.fetch_month(BTC, month, today=date(2024, 1, 1))
         timings.append(time.monotonic() - start)
         messages.append(str(e.value))
+        attempts.append(len(calls))
     print(f"\nfinding 9: connection refused, {len(months)} months: first {timings[0]:.2f}s "
           f"(3 attempts, backoff 0.25+0.5s), the other {len(months) - 1} {sum(timings[1:]):.3f}s together")
     assert all(f"gave up on host 127.0.0.1:{port} after 3 consecutive connection failures" in m for m in messages)
     assert all("Connection refused" in m or "Max retries" in m for m in messages)
-    assert timings[0] < 3.0 and sum(timings[1:]) < 3.0 and max(timings[1:]) < 0.1
+    # the first month tries three times; every later one is refused without a connection attempt
+    assert attempts == [3] + [0] * (len(months) - 1)
 
 
 _FETCHER = """

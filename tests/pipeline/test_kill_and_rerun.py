@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +25,13 @@ import pytest
 import torch
 
 from lem_model.training_state import TRAINING_STATE, load_training_state
-from tests.conftest import REPO, YAHOO_DIR
+from tests.conftest import REPO, YAHOO_DIR, clean_env
 
 POINTS = ("ingest", "windows", "epoch", "evaluation")
 
 
 def lem(env: dict[str, str], cwd: Path, *args: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("LEM_", "DAGSTER_"))} | env
+    full = clean_env(**env)
     if failpoint:
         full["LEM_FAILPOINT"] = failpoint
     return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", *args], env=full, cwd=cwd, capture_output=True,

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from lem_pipeline.trained_model import LINEAGE, WINDOWS_META
-from tests.conftest import YAHOO_DIR
+from tests.conftest import YAHOO_DIR, clean_env
 from tests.pipeline.summary_contract import assert_rows_match_main_table, check_summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,9 +31,8 @@ MODEL_RUN = "feedc0de" * 4  # the training run recorded in the model's lineage.j
 
 
 def lem(argv: list[str], tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("LEM_") and k != "DAGSTER_HOME"}
-    base |= {"LEM_MLFLOW_DIR": str(tmp / "mlruns"), "LEM_DATA_DIR": str(tmp / "data"),
-             "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    base = clean_env(LEM_MLFLOW_DIR=str(tmp / "mlruns"), LEM_DATA_DIR=str(tmp / "data"),
+                     PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return subprocess.run([sys.executable, "-m", "lem_pipeline.cli", "evaluate", *argv], cwd=tmp,
                           env=base | (env or {}), capture_output=True, text=True, timeout=TIMEOUT_S)
 
@@ -216,8 +215,11 @@ def test_bars_the_pipeline_would_refuse_are_refused_naming_the_row(model_dir: Pa
     argv = ["--model", str(model_dir), "--yahoo-dir", str(tmp_path / "yahoo"), "--tickers", "MSFT",
             "--test-start", TEST_START.isoformat(), "--out", str(tmp_path / "out")]
     proc = lem(argv + ([] if refused else ["--device", "cpu"]), tmp_path)
-    if not refused:
+    if not refused:  # evaluated as if the row were clean: every test window of the untouched CSV
         assert proc.returncode == 0, proc.stderr
+        config = json.loads((model_dir / WINDOWS_META).read_text())["config"]
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["windows"] == msft_test_windows(config, TEST_START, None) > 0
         return
     [line] = proc.stderr.splitlines()
     assert proc.returncode == 2 and line.startswith("lem evaluate: --tickers MSFT: "), proc.stderr
@@ -252,6 +254,8 @@ def test_a_model_whose_weights_changed_since_its_run_is_tied_to_no_run(model_dir
 @pytest.mark.parametrize("case, edit, expected", [
     ("horizon", lambda c: c | {"n_ahead": 12}, "n_ahead 6 in config.json, 12 in windows.json"),
     ("missing field", lambda c: {k: v for k, v in c.items() if k != "val_start"}, "missing ['val_start']"),
+    ("unknown seasonality", lambda c: c | {"seasonality": "weekly"}, "weekly"),
+    ("horizon as text", lambda c: c | {"n_ahead": "6"}, "n_ahead"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_windows_json_that_does_not_fit_the_model_is_one_line(model_dir: Path, tmp_path: Path, case, edit,
                                                                expected) -> None:
@@ -264,3 +268,25 @@ def test_a_windows_json_that_does_not_fit_the_model_is_one_line(model_dir: Path,
     [line] = proc.stderr.splitlines()
     assert proc.returncode == 2 and line.startswith(f"lem evaluate: --model {bad}: corrupt trained-model directory")
     assert expected in line
+
+
+def test_a_span_before_the_models_test_split_is_evaluated_with_a_warning_and_tagged(model_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Any span may be evaluated, but one starting before the model's own test split (2020 for the
+    fixture model) may reach into what it was trained or selected on: a warning says so, and the
+    run records the model's split beside the span's; a directory without lineage.json is tied to
+    no run, with a warning too."""
+    bare = tmp_path / "model"
+    shutil.copytree(model_dir, bare)
+    (bare / LINEAGE).unlink()
+    argv = ["--model", str(bare), "--yahoo-dir", str(YAHOO_DIR), "--tickers", "MSFT",
+            "--test-start", "2019-06-03", "--test-end", "2019-12-31", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    proc = lem(argv, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("warning: --test-start 2019-06-03 is before the model's own test split (2020-01-01)" in proc.stderr)
+    assert f"no {LINEAGE}" in proc.stderr and "tied to no training run" in proc.stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["first_start"].startswith("2019-0")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = mlflow.search_runs(experiment_names=["lem-evaluate"], output_format="list")
+    assert run.data.tags["lem.model_test_start"] == "2020-01-01" and run.data.tags["lem.test_start"] == "2019-06-03"
+    assert "lem.model_run_id" not in run.data.tags

@@ -181,13 +181,36 @@ def test_summary_json_holds_the_tables_numbers_and_the_paired_comparisons(traine
     assert summary["match_vwap_std_reduction"] == pytest.approx(match_vwap_std_reduction(ev), abs=1e-12)
     # The paired table beside the main one, in MLflow (metrics and artifacts) and in Dagster.
     paired = pl.read_csv(out / "equity_daily_paired.csv")
-    assert len(paired) == 3 * 2 * N and set(paired["Baseline"]) == {"Rule", "TWAP Volume", "Fitted rule"}
+    assert len(paired) == 3 * 2 * N + 2 * 3 * N  # BUY and SELL x 3 baselines; BUY, SELL, BOTH x 2 vs arrival
+    assert set(paired["Baseline"]) == {"Rule", "TWAP Volume", "Fitted rule", "Rule, vs arrival",
+                                       "TWAP Volume, vs arrival"}
+    # Against the arrival price, recomputed from the trade log: the rule's head and TWAP on the
+    # same windows, and BOTH, the two sides' mean per window.
+    trades = pl.read_parquet(out / TRADE_LOG_FILE).filter(pl.col("target") == "volume")
+
+    def arrival(strategy: str, side: str, period: str) -> np.ndarray:
+        rows = trades.filter((pl.col("strategy") == strategy) & (pl.col("side") == side) &
+                             (pl.col("min_period") == period)).sort("window")
+        assert rows["window"].to_list() == sorted(index["row"].to_list())
+        return rows["arrival_bps"].cast(pl.Float64).to_numpy()
+
+    buy = arrival("RULE", "BUY", "6") - arrival("LEM", "BUY", "6")
+    sell = arrival("LEM", "SELL", "6") - arrival("RULE", "SELL", "6")
+    entries = {(e["side"], e["min_period"]): e for e in summary["vs_rule_arrival"]}
+    assert len(entries) == 3 * N
+    assert entries["BUY", 6]["advantage_bps"] == pytest.approx(buy.mean(), abs=1e-9)
+    assert entries["BOTH", 6]["advantage_bps"] == pytest.approx((buy + sell).mean() / 2, abs=1e-9)
+    assert entries["BOTH", 6]["windows"] == len(index) and entries["BOTH", 6]["block_length"] >= N
+    twap = {(e["side"], e["min_period"]): e for e in summary["vs_twap_arrival"]}
+    assert twap["SELL", 2]["advantage_bps"] == pytest.approx(
+        (arrival("LEM", "SELL", "2") - arrival("TWAP", "SELL", "All")).mean(), abs=1e-9)
     meta = latest(trained["instance"], "equity_evaluation")
     run = mlflow.get_run(meta["mlflow_run_id"].value)
     buy6 = next(e for e in summary["vs_rule"] if e["side"] == "BUY" and e["min_period"] == 6)
     assert run.data.metrics["test_vs_rule_buy_min6_bps"] == pytest.approx(buy6["advantage_bps"])
     assert run.data.metrics["test_vs_rule_buy_min6_ci_lo"] == pytest.approx(buy6["ci95"][0])
     assert run.data.metrics["test_vs_rule_buy_min6_win_rate"] == pytest.approx(buy6["win_rate"])
+    assert run.data.metrics["test_vs_rule_arrival_both_min6_bps"] == pytest.approx(entries["BOTH", 6]["advantage_bps"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/summary.json", "evaluation/equity_daily_paired.csv"} <= artifacts
     assert "| Rule | BUY | 6 |" in meta["vs_rule"].value
