@@ -2,8 +2,10 @@
 DataLoader, train step, validation, training-state save): samples/s, and what one epoch of the
 paper's 959,000 crypto windows would take at that rate.
 
-The train-step benchmark (model_throughput.py) times one batch held on the device; this one
-adds what a real epoch pays around it. Run it where the training would run (a GPU), on the
+The train-step benchmark (model_throughput.py) times one batch held on the device against a
+baseline in the same run; this one is an absolute time: what a real epoch pays around the step
+(CUDA-graph capture, validation and the state save included; the CUDA context is created
+before the clock starts). Run it where the training would run (a GPU), on the
 paper_dow windows built by the pipeline (``lem run --preset paper_dow`` materialises them;
 lem_pipeline.windows.build_windows writes the same directory):
 
@@ -21,6 +23,7 @@ from torch.utils.data import Subset
 
 from lem_model import LargeExecutionModel, LEMConfig
 from lem_model.config import PAPER_SIZE, SMALL_SIZE
+from lem_model.devices import resolve_device
 from lem_model.train import TrainConfig, train
 from lem_model.window_dataset import WindowDataset
 
@@ -47,6 +50,10 @@ def main() -> None:
     samples = min(args.samples or len(train_set), len(train_set))
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, samples_per_epoch=samples, device=args.device,
                       cuda_graphs=args.cuda_graphs, compile=args.compile, progress=False)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.empty(1, device=device)  # the context: once per process, not the epoch's cost
+        torch.cuda.synchronize(device)
     with tempfile.TemporaryDirectory() as state_dir:
         t0 = time.perf_counter()
         result = train(model, train_set, val_set, cfg, state_dir, resume=False)
