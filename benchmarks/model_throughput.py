@@ -35,15 +35,12 @@ import torch
 from lem_model import LargeExecutionModel
 from lem_model.config import PAPER, SMALL, LEMConfig
 from lem_model.cuda_graphs import GraphedTrainStep
-from lem_model.devices import autocast, keep_freed_memory
+from lem_model.devices import autocast, keep_freed_memory, keep_freed_memory_env
 from lem_model.train import TrainConfig, adam, make_train_step, objective
 
 # Steps run before the clock starts, on both sides (benchmarks/reference_lems.py takes it as an
 # argument): allocator and lazy initialisation, Keras's tracing.
 WARMUP = 2
-# glibc's environment spelling of devices.keep_freed_memory, for the reference's process: both
-# sides keep freed memory, so the ratio is the code's, not the allocator's.
-KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
 def make_batch(cfg: LEMConfig, batch: int, device: str):
@@ -188,7 +185,7 @@ def bench_reference(cfg: LEMConfig, batch: int, steps: int, python: str, threads
         np.savez(path, x=x, min_rate=rmin, max_rate=rmax, volumes=vol, prices=px)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_lems.py")
         done = subprocess.run([python, script, path, json.dumps(asdict(cfg)), str(steps), str(threads), str(WARMUP)],
-                              capture_output=True, text=True, env={**os.environ, **KEEP_FREED_MEMORY_ENV})
+                              capture_output=True, text=True, env={**os.environ, **keep_freed_memory_env()})  # both sides keep freed memory: the ratio is the code's
     if done.returncode:
         sys.exit(f"the reference benchmark failed under {python}:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -36,8 +36,8 @@ SIDES = (("BUY", OrderKind.BUY_VWAP, Side.BUY), ("SELL", OrderKind.SELL_VWAP, Si
 def rule_over_twap(volumes: torch.Tensor, prices: torch.Tensor, arrival: torch.Tensor, dates: np.ndarray) -> None:
     """Print, per side and minimum period 1..N-1, the rule's paired advantage over TWAP in volume
     (the rule's head N) on the tables' metric and against ``arrival`` (B,), in bps; then BOTH, the
-mean of the two sides' advantages on each window, which cancels the drift exposure of a
-schedule that trades earlier (or later) than TWAP on both sides."""
+    mean of the two sides' advantages on each window, which cancels the drift exposure of a
+    schedule that trades earlier (or later) than TWAP on both sides."""
     B, N = prices.shape
     alloc = early_stop_rule(prices, N + 1)  # (B, N, N+1, 4, 2); head N is plain TWAP
     table = percent_difference(alloc, volumes, prices, soft_alpha=None, bench_eps_numerator=False) * 100

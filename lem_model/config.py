@@ -128,6 +128,17 @@ class LEMConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown LEMConfig fields {sorted(unknown)}")
+        # A hand-edited file: each value of the kind its default is ("n_ahead": "12" is no horizon).
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+        wrong = []
+        for f in fields(cls):
+            default = f.default
+            if f.name in data and type(default) in kinds:
+                value = data[f.name]
+                if not isinstance(value, kinds[type(default)]) or (type(default) is not bool and isinstance(value, bool)):
+                    wrong.append(f"{f.name} {value!r}, not of type {type(default).__name__}")
+        if wrong:
+            raise ValueError(f"LEMConfig fields of the wrong kind: {', '.join(wrong)}")
         return cls(**data)
 
 

@@ -25,6 +25,16 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+# glibc malloc's settings that keep_freed_memory applies: (mallopt parameter number, from malloc.h;
+# value; the environment variable that sets it in a process glibc starts, e.g. a benchmark's child).
+FREED_MEMORY_SETTINGS = ((-4, 0, "MALLOC_MMAP_MAX_"), (-1, 2**31 - 1, "MALLOC_TRIM_THRESHOLD_"))
+
+
+def keep_freed_memory_env() -> dict[str, str]:
+    """keep_freed_memory's settings as environment variables, for a child process."""
+    return {name: str(value) for _, value, name in FREED_MEMORY_SETTINGS}
+
+
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -38,5 +48,4 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt's parameter numbers (malloc.h)
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return all([bool(libc.mallopt(parameter, value)) for parameter, value, _ in FREED_MEMORY_SETTINGS])

@@ -128,7 +128,8 @@ def summary_name(freq_min: int, frequencies: int) -> str:
 
 
 def execution_dates(index: pl.DataFrame) -> np.ndarray:
-    """The UTC date of each window's execution start, in the index's (row) order."""
+    """The UTC date of each window's execution start, in the frame's row order (the test index,
+    or trade-log rows: both have ``start_time``)."""
     return index["start_time"].dt.date().to_numpy()
 
 
@@ -201,18 +202,27 @@ def arrival_comparisons(ledger: pl.DataFrame, n_ahead: int, baseline: str, *,
             if lem is None or base is None:
                 raise ValueError(f"the trade log has no {LEM if lem is None else baseline} {side} orders at minimum "
                                  f"period {m}: it is not this evaluation's")
-            pair = lem.join(base.select("window", pl.col("arrival_bps").alias("base")), on="window").sort("window")
+            try:  # one order per window on each side of the pair, every window on both
+                pair = lem.join(base.select("window", pl.col("arrival_bps").alias("base")), on="window",
+                                validate="1:1").sort("window")
+            except pl.exceptions.ComputeError as e:
+                raise ValueError(f"{side} at minimum period {m}: a window with several {LEM} or {baseline} "
+                                 f"orders in the trade log ({e})") from e
             if not len(pair) == len(lem) == len(base):
                 raise ValueError(f"{side} at minimum period {m}: {len(lem)} LEM and {len(base)} {baseline} orders, "
                                  f"{len(pair)} on the same windows")
-            values = advantage(pair["arrival_bps"].to_numpy(), pair["base"].to_numpy(), Side[side])
-            dates = pair["start_time"].dt.date().to_numpy()
-            per_side[side, m] = values, dates
+            per_side[side, m] = pair.select("window", "start_time", advantage=advantage(
+                pair["arrival_bps"].to_numpy(), pair["base"].to_numpy(), Side[side]))
+            values, dates = per_side[side, m]["advantage"].to_numpy(), execution_dates(per_side[side, m])
             out.append((side, m, paired(values, dates, min_block=n_ahead, resamples=resamples)))
     for m in range(1, n_ahead + 1):
-        (buy, dates), (sell, _) = per_side[SIDE_NAMES[0], m], per_side[SIDE_NAMES[1], m]
-        out.append((BOTH_SIDES, m, paired((buy + sell) / 2, dates, min_block=n_ahead, resamples=resamples)))
+        buy, sell = per_side[SIDE_NAMES[0], m], per_side[SIDE_NAMES[1], m]
+        if not buy["window"].equals(sell["window"]):
+            raise ValueError(f"minimum period {m}: the buys and the sells are not on the same windows")
+        both = (buy["advantage"].to_numpy() + sell["advantage"].to_numpy()) / 2  # window by window
+        out.append((BOTH_SIDES, m, paired(both, execution_dates(buy), min_block=n_ahead, resamples=resamples)))
     return out
+
 
 
 def write_summary(summary: dict, path: Path) -> Path:

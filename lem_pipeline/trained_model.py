@@ -94,6 +94,7 @@ def _load_dir(path: Path) -> tuple[LargeExecutionModel, WindowConfig]:
     built = {"lookback": model.cfg.lookback, "n_ahead": model.cfg.n_ahead, "n_features": model.cfg.n_features}
     cut = {"lookback": windows.lookback, "n_ahead": windows.n_ahead, "n_features": windows.n_features}
     if built != cut:
-        differ = ", ".join(f"{k} {built[k]} in config.json, {cut[k]} in {WINDOWS_META}" for k in built if built[k] != cut[k])
+        differ = ", ".join(f"{k} {built[k]!r} in config.json, {cut[k]!r} in {WINDOWS_META}"
+                           for k in built if built[k] != cut[k])
         raise ValueError(f"{path}: the model and its windows disagree: {differ}")
     return model, windows

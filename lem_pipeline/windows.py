@@ -80,6 +80,14 @@ class WindowConfig:
                 c[k] = date.fromisoformat(c[k])
         except (TypeError, ValueError) as e:
             raise ValueError(f"not a windows config: {k} {c[k]!r} is not an ISO date") from e
+        whole = [k for k in ("lookback", "n_ahead", "norm_window", "stride") if k in c]
+        wrong = [f"{k} {c[k]!r}" for k in whole if not isinstance(c[k], int) or isinstance(c[k], bool) or c[k] < 1]
+        if c.get("test_stride") is not None and (not isinstance(c["test_stride"], int) or c["test_stride"] < 1):
+            wrong.append(f"test_stride {c['test_stride']!r}")
+        if c.get("seasonality", cls.seasonality) not in FEATURE_NAMES:
+            wrong.append(f"seasonality {c['seasonality']!r} (one of {sorted(FEATURE_NAMES)})")
+        if wrong:
+            raise ValueError(f"not a windows config: {', '.join(wrong)}")
         return cls(**c)
 
     @property

@@ -38,15 +38,20 @@ def clean_env(**settings: str) -> dict[str, str]:
     return base | settings
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_tracking_uri_stays_in_its_test() -> Iterator[None]:
-    """``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI: without this, one test's store
-    would be every later test's (and its subprocesses') default."""
+def _keep_mlflow_tracking_uri() -> Iterator[None]:
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     yield
     import mlflow
 
     mlflow.set_tracking_uri(saved)  # None: unset, in MLflow and in os.environ
+
+
+# ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI: without these, one test's store (or
+# one module's, set by a module-scoped fixture) would be every later test's and its subprocesses'.
+_mlflow_tracking_uri_stays_in_its_test = pytest.fixture(
+    autouse=True, name="_mlflow_tracking_uri_stays_in_its_test")(_keep_mlflow_tracking_uri)
+_mlflow_tracking_uri_stays_in_its_module = pytest.fixture(
+    autouse=True, scope="module", name="_mlflow_tracking_uri_stays_in_its_module")(_keep_mlflow_tracking_uri)
 
 
 needs_full_mirror = pytest.mark.skipif(

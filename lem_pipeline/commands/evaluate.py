@@ -99,6 +99,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     test_start, test_end = check_args(args)
     model, cfg = load_model_source(args.model)
+    run_id, lineage_warning = model_run_id(args.model, model)  # a corrupt lineage.json fails here, before any download
     tracking = MLflowTracking.from_environment()
     check_store(tracking.tracking_uri)  # the run is logged after --out is written: a bad store fails now
     dataset = DATASET_BY_SEASONALITY[cfg.seasonality]
@@ -120,7 +121,8 @@ def evaluate(args: argparse.Namespace) -> int:
         series = universe.binance_bars(args.binance_url, names, market=args.market, interval=args.interval,
                                        freq_min=args.freq_min, cfg=cfg, test_start=test_start, test_end=test_end)
         what = f"--symbols {','.join(names)}"
-    run_id = model_run_id(args.model, model)  # after the arguments: its warnings are for a run that happens
+    if lineage_warning:  # after the arguments: a warning is for an evaluation that goes ahead
+        print(lineage_warning, file=sys.stderr)
     if test_start < cfg.test_start:
         # Any universe and span may be evaluated, but one that reaches into the model's own
         # training or validation period is not a test: say so, and tag the run.

@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 
 from lem_pipeline.errors import UserError, quote
 
-# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a field of
-# the wrong type, "n_ahead": "12": TypeError; an unknown name, "seasonality": "weekly": KeyError;
-# a truncated or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file:
-# OSError; weights of another shape: RuntimeError): the user's file is wrong, not the code.
-_CORRUPT_MODEL = (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
+# What loading a damaged model directory raises (bad JSON or config fields: ValueError; a
+# truncated or foreign model.pt: RuntimeError, EOFError, UnpicklingError; a missing file: OSError;
+# weights of another shape: RuntimeError): the user's file is wrong, not the code.
+_CORRUPT_MODEL = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # runs:/..., models:/...: not a file path
 
 
@@ -78,16 +76,17 @@ def load_model_source(source: str):
         raise UserError(f"--model {source}: {where} ({quote(e)})") from e
 
 
-def model_run_id(source: str, model) -> str | None:
-    """The MLflow run that trained ``model``, which ``source`` named (after :func:`load_model_source`
-    accepted it): the run id itself, a registry version's run, or a directory's lineage.json when
-    the weights are the ones it recorded (a directory whose weights were replaced since is tied
-    to no run; a warning says so)."""
+def model_run_id(source: str, model) -> tuple[str | None, str | None]:
+    """(run, warning): the MLflow run that trained ``model``, which ``source`` named (after
+    :func:`load_model_source` accepted it): the run id itself, a registry version's run, or a
+    directory's lineage.json when the weights are the ones it recorded; else None and the warning
+    to print once the command goes ahead (a directory without lineage, or whose weights were
+    replaced since, is tied to no run). A corrupt lineage.json is a UserError now."""
     from lem_model.saved_model import weights_digest
     from lem_pipeline.trained_model import LINEAGE, read_lineage, run_id_of
 
     if not _looks_like_path(source):
-        return run_id_of(source)
+        return run_id_of(source), None
     try:
         lineage = read_lineage(Path(source))
     except ValueError as e:  # not JSON
@@ -101,6 +100,5 @@ def model_run_id(source: str, model) -> str | None:
     elif lineage["weights_sha256"] != weights_digest(model):
         why = f"the weights are not the ones {LINEAGE} recorded for MLflow run {lineage['mlflow_run_id']}"
     else:
-        return lineage["mlflow_run_id"]
-    print(f"warning: --model {source}: {why}; the evaluation is tied to no training run", file=sys.stderr)
-    return None
+        return lineage["mlflow_run_id"], None
+    return None, f"warning: --model {source}: {why}; the evaluation is tied to no training run"

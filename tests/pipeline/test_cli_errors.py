@@ -84,6 +84,8 @@ CASES = [
          ("{bad}/model-lookahead", "look-ahead model")),
     Case("config.json a JSON list", ["schedule", "--model", "{bad}/model-list-config", "--bars", "{bars}"],
          ("{bad}/model-list-config", "corrupt", "a JSON list")),
+    Case("config.json with a horizon as text", ["schedule", "--model", "{bad}/model-text-horizon", "--bars", "{bars}"],
+         ("{bad}/model-text-horizon", "corrupt", "n_ahead '6', not of type int")),
     Case("bars without a freq_min", BROKEN_BARS + ["{bad}/null-freq.parquet"], ("null-freq.parquet", "without a freq_min")),
     Case("daily bars not at UTC midnight", BROKEN_BARS + ["{bad}/tokyo.parquet"],
          ("tokyo.parquet", "must open at 00:00 UTC", "15:00:00")),
@@ -155,6 +157,8 @@ def bad(trained_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (bad / "model-lookahead" / "config.json").write_text(json.dumps(config | {"causal": False}))
     shutil.copytree(out / "model", bad / "model-list-config")
     (bad / "model-list-config" / "config.json").write_text("[]")
+    shutil.copytree(out / "model", bad / "model-text-horizon")
+    (bad / "model-text-horizon" / "config.json").write_text(json.dumps(config | {"n_ahead": str(config["n_ahead"])}))
     mlflow.set_tracking_uri(f"sqlite:///{bad / 'mlruns' / 'mlflow.db'}")
     (bad / "mlruns").mkdir()
     with mlflow.start_run(experiment_id=mlflow.create_experiment("lem-evaluate")) as run:  # logs no model

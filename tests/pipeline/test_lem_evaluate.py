@@ -254,8 +254,8 @@ def test_a_model_whose_weights_changed_since_its_run_is_tied_to_no_run(model_dir
 @pytest.mark.parametrize("case, edit, expected", [
     ("horizon", lambda c: c | {"n_ahead": 12}, "n_ahead 6 in config.json, 12 in windows.json"),
     ("missing field", lambda c: {k: v for k, v in c.items() if k != "val_start"}, "missing ['val_start']"),
-    ("unknown seasonality", lambda c: c | {"seasonality": "weekly"}, "weekly"),
-    ("horizon as text", lambda c: c | {"n_ahead": "6"}, "n_ahead"),
+    ("unknown seasonality", lambda c: c | {"seasonality": "weekly"}, "seasonality 'weekly' (one of ['daily', 'intraday'])"),
+    ("horizon as text", lambda c: c | {"n_ahead": "6"}, "not a windows config: n_ahead '6'"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_windows_json_that_does_not_fit_the_model_is_one_line(model_dir: Path, tmp_path: Path, case, edit,
                                                                expected) -> None:
