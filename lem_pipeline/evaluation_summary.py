@@ -224,7 +224,6 @@ def arrival_comparisons(ledger: pl.DataFrame, n_ahead: int, baseline: str, *,
     return out
 
 
-
 def write_summary(summary: dict, path: Path) -> Path:
     path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return path
