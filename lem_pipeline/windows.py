@@ -135,6 +135,9 @@ class SeriesWindows:
     starts: dict[str, np.ndarray]
     dropped_bad_normaliser: int
     dropped_no_volume: int = 0  # windows whose execution bars all have zero volume (inside an outage)
+    # windows past their segment's warm-up with a feature row that is not finite: bad data inside a
+    # segment (e.g. a normaliser of 0 after norm_window zero-volume bars), not the expected warm-up
+    dropped_bad_rows: int = 0
 
 
 def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
@@ -162,6 +165,9 @@ def plan_series(bars: pl.DataFrame, cfg: WindowConfig) -> SeriesWindows:
     norm = vol_norm[last]
     norm_ok = np.isfinite(norm) & (norm > 0) & (vwap[first] > 0)
     structural = same_segment & rows_ok & np.isfinite(norm)  # windows that exist at all
+    segment_first = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])  # each segment's first row
+    warmed_up = r - segment_first[np.searchsorted(segment_first, r, side="right") - 1] >= cfg.first_start
+    out.dropped_bad_rows = int((same_segment & warmed_up & ~rows_ok).sum())
     out.dropped_bad_normaliser = int((structural & ~norm_ok).sum())
     trading_before = np.concatenate([[0], np.cumsum(volume > 0)])
     traded = (trading_before[last + 1] - trading_before[r]) > 0  # a bar with volume among r .. r+N-1
@@ -198,6 +204,7 @@ class BuildReport:
     dropped_bad_normaliser: int
     directory: Path
     dropped_no_volume: int = 0
+    dropped_bad_rows: int = 0
 
 
 def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: str | Path) -> BuildReport:
@@ -240,13 +247,14 @@ def build_windows(series: Sequence[pl.DataFrame], cfg: WindowConfig, directory: 
         index.write_parquet(tmp / INDEX_FILE)
         dropped = sum(p.dropped_bad_normaliser for p in plans)
         no_volume = sum(p.dropped_no_volume for p in plans)
+        bad_rows = sum(p.dropped_bad_rows for p in plans)
         meta = {"config": {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()},
                 "features": FEATURE_NAMES[cfg.seasonality], "counts": counts, "bars": int(offsets[-1]),
-                "dropped_bad_normaliser": dropped, "dropped_no_volume": no_volume,
+                "dropped_bad_normaliser": dropped, "dropped_no_volume": no_volume, "dropped_bad_rows": bad_rows,
                 "built_at": datetime.now(timezone.utc).isoformat(), "digest": content_digest(tmp)}
         failpoint("windows")
         meta_file(tmp).write_text(json.dumps(meta, indent=2))
-    return BuildReport(counts, window_counts(index), dropped, directory, no_volume)
+    return BuildReport(counts, window_counts(index), dropped, directory, no_volume, bad_rows)
 
 
 def window_counts(index: pl.DataFrame) -> pl.DataFrame:

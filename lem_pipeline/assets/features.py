@@ -19,6 +19,7 @@ def _windows_result(report: BuildReport, cfg: WindowConfig) -> dg.MaterializeRes
         **{f"{s}_windows": report.counts[s] for s in SPLITS},
         "dropped_bad_normaliser": report.dropped_bad_normaliser,
         "dropped_no_volume": report.dropped_no_volume,
+        "dropped_bad_rows": report.dropped_bad_rows,
         "counts": dg.MetadataValue.md(markdown(report.per_group)),
         "lookback": cfg.lookback, "n_ahead": cfg.n_ahead, "norm_window": cfg.norm_window,
         "val_start": cfg.val_start.isoformat(), "test_start": cfg.test_start.isoformat(),

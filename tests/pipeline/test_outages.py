@@ -3,6 +3,7 @@ one segment, windows cross them, and nothing downstream divides by their zero vo
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import numpy as np
@@ -121,3 +122,20 @@ def test_a_horizon_without_any_volume_is_not_a_window(tmp_path):
     data = WindowDataset(tmp_path / "w", "train")
     _, volumes, _ = data.gather(np.arange(len(data)))
     assert (volumes.sum(axis=1) > 0).all()
+
+
+def test_windows_lost_to_bad_rows_inside_a_segment_are_counted(tmp_path):
+    """A run of norm_window zero-volume bars inside one segment (an illiquid pair) leaves the
+    volume normaliser 0 and the relative volume 0/0: those windows cannot be written, and they are
+    counted (meta.json, the asset's metadata), so every window the clean bars make is accounted
+    for. Clean bars drop none for this reason: the warm-up is not bad data."""
+    bars = resample_klines(klines("2020-01", "2020-03"), 60, ResampleConfig(base_minutes=60, max_missing_base=0))
+    assert bars["segment"].n_unique() == 1
+    idle = pl.int_range(pl.len()).is_between(900, 900 + CFG.norm_window + 20)
+    quiet = bars.with_columns(volume=pl.when(idle).then(0.0).otherwise(pl.col("volume")))
+    clean, holed = (build_windows([b], CFG, tmp_path / name) for b, name in ((bars, "clean"), (quiet, "quiet")))
+    assert clean.dropped_bad_rows == 0 and holed.dropped_bad_rows > CFG.lookback
+    lost = sum(clean.counts.values()) - sum(holed.counts.values())
+    assert lost == (holed.dropped_bad_rows + holed.dropped_bad_normaliser - clean.dropped_bad_normaliser
+                    + holed.dropped_no_volume - clean.dropped_no_volume)
+    assert json.loads((tmp_path / "quiet" / "meta.json").read_text())["dropped_bad_rows"] == holed.dropped_bad_rows
