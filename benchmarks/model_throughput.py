@@ -184,8 +184,9 @@ def bench_reference(cfg: LEMConfig, batch: int, steps: int, python: str, threads
         path = os.path.join(tmp, "inputs.npz")
         np.savez(path, x=x, min_rate=rmin, max_rate=rmax, volumes=vol, prices=px)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_lems.py")
+        # Both sides keep freed memory (devices.keep_freed_memory): the ratio is the code's.
         done = subprocess.run([python, script, path, json.dumps(asdict(cfg)), str(steps), str(threads), str(WARMUP)],
-                              capture_output=True, text=True, env={**os.environ, **keep_freed_memory_env()})  # both sides keep freed memory: the ratio is the code's
+                              capture_output=True, text=True, env={**os.environ, **keep_freed_memory_env()})
     if done.returncode:
         sys.exit(f"the reference benchmark failed under {python}:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -241,12 +241,13 @@ def paired_metrics(summary: dict, frequencies: int) -> dict[str, float]:
     Missing (null) numbers are left out."""
     freq = "" if frequencies == 1 else f"_{summary['frequency']}"
     out: dict[str, float] = {}
-    for key, e in ((k, e) for k in ("vs_rule", "vs_rule_arrival") for e in summary.get(k, [])):
-        stem = f"test_{key}{freq}_{e['side'].lower()}_min{e['min_period']}"
-        for name, value in (("bps", e["advantage_bps"]), ("ci_lo", e["ci95"][0]), ("ci_hi", e["ci95"][1]),
-                            ("win_rate", e["win_rate"])):
-            if value is not None:
-                out[f"{stem}_{name}"] = value
+    for key in ("vs_rule", "vs_rule_arrival"):
+        for e in summary.get(key, []):
+            stem = f"test_{key}{freq}_{e['side'].lower()}_min{e['min_period']}"
+            for name, value in (("bps", e["advantage_bps"]), ("ci_lo", e["ci95"][0]), ("ci_hi", e["ci95"][1]),
+                                ("win_rate", e["win_rate"])):
+                if value is not None:
+                    out[f"{stem}_{name}"] = value
     return out
 
 
